@@ -153,7 +153,8 @@ class Registry:
 def _params_of(factory: Callable[..., Any]) -> dict[str, Param]:
     signature = inspect.signature(factory)
     try:
-        hints = typing.get_type_hints(factory)
+        target = factory.__init__ if isinstance(factory, type) else factory
+        hints = typing.get_type_hints(target)
     except Exception:  # unresolved forward references: fall back to no checking
         hints = {}
     params = {}
