@@ -80,12 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("directories", nargs="+", help="run directories")
     report.add_argument("--out", help="where a comparison goes")
 
-    try:
-        from metacl.meta import cli as meta_cli
-    except ImportError:  # pragma: no cover - meta-learning part not installed
-        meta_cli = None
-    if meta_cli is not None and hasattr(meta_cli, "add_parser"):
-        meta_cli.add_parser(sub)
+    # commands that live beside their subsystem: each module's add_parser adds its
+    # subcommands, and sets `handler` on those that do not go through _dispatch
+    import importlib
+
+    for module in ("metacl.meta.cli", "metacl.sweep.cli"):
+        try:
+            part = importlib.import_module(module)
+        except ModuleNotFoundError:  # pragma: no cover - subsystem absent
+            continue
+        if hasattr(part, "add_parser"):
+            part.add_parser(sub)
     return parser
 
 
@@ -185,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             path = write_report(args.directories, args.out)
             print(f"report: {path} (and report.html)")
             return 0
+        if getattr(args, "handler", None) is not None:
+            return args.handler(args)
         if args.command == "meta-train":
             from metacl.meta import cli as meta_cli
 
