@@ -12,21 +12,29 @@ def test_defaults_are_filled_in():
 
 
 def test_unknown_section_lists_valid_sections():
-    with pytest.raises(ConfigError, match="unknown section.*'trian'.*valid sections: name, seeds"):
+    with pytest.raises(
+        ConfigError, match="unknown section.*'trian'.*valid sections: name, seeds"
+    ):
         resolve_config({"trian": {}})
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match="'epoch'.*section 'train'; valid keys: epochs, batch_size"):
+    with pytest.raises(
+        ConfigError, match="'epoch'.*section 'train'; valid keys: epochs, batch_size"
+    ):
         resolve_config({"train": {"epoch": 2}})
     with pytest.raises(ConfigError, match="'n_exp'.*valid keys: n_experiences"):
         resolve_config({"scenario": {"name": "class_incremental", "n_exp": 2}})
 
 
 def test_unknown_names_list_choices():
-    with pytest.raises(ConfigError, match="unknown strategy 'ewk'; valid choices: .*naive"):
+    with pytest.raises(
+        ConfigError, match="unknown strategy 'ewk'; valid choices: .*naive"
+    ):
         resolve_config({"strategy": "ewk"})
-    with pytest.raises(ConfigError, match="unknown dataset 'mnits'; valid choices: .*fashion_mnist"):
+    with pytest.raises(
+        ConfigError, match="unknown dataset 'mnits'; valid choices: .*fashion_mnist"
+    ):
         resolve_config({"dataset": {"name": "mnits"}})
     with pytest.raises(ConfigError, match="'adamw'.*'sgd' \\| 'adam'"):
         resolve_config({"optimizer": {"name": "adamw"}})
@@ -37,7 +45,9 @@ def test_bad_values_are_refused():
         resolve_config({"train": {"batch_size": 0}})
     with pytest.raises(ConfigError, match="optimizer.lr = -1.0 must be > 0"):
         resolve_config({"optimizer": {"lr": -1}})
-    with pytest.raises(ConfigError, match="train.epochs = 'two' is invalid; expected int"):
+    with pytest.raises(
+        ConfigError, match="train.epochs = 'two' is invalid; expected int"
+    ):
         resolve_config({"train": {"epochs": "two"}})
     with pytest.raises(ConfigError, match="distinct"):
         resolve_config({"seeds": [1, 1]})
@@ -46,8 +56,13 @@ def test_bad_values_are_refused():
 
 
 def test_overrides_parse_values_and_index_lists():
-    data = {"strategies": [{"name": "naive"}, {"name": "joint"}], "train": {"epochs": 1}}
-    out = apply_overrides(data, ["train.epochs=4", "strategies.1.label=upper", "seeds=[1, 2]"])
+    data = {
+        "strategies": [{"name": "naive"}, {"name": "joint"}],
+        "train": {"epochs": 1},
+    }
+    out = apply_overrides(
+        data, ["train.epochs=4", "strategies.1.label=upper", "seeds=[1, 2]"]
+    )
     assert out["train"]["epochs"] == 4 and out["seeds"] == [1, 2]
     assert out["strategies"][1]["label"] == "upper"
     assert data["train"]["epochs"] == 1  # the input is not modified
@@ -77,7 +92,11 @@ def test_hash_changes_with_what_matters_only():
     cfg = resolve_config({"strategy": "naive", "train": {"epochs": 2}})
     base = config_hash(cfg.single_run(0, 0))
     assert config_hash(cfg.single_run(0, 1)) != base
-    other = resolve_config({"strategy": "naive", "train": {"epochs": 2, "eval_batch_size": 7}})
+    other = resolve_config(
+        {"strategy": "naive", "train": {"epochs": 2, "eval_batch_size": 7}}
+    )
     assert config_hash(other.single_run(0, 0)) == base
-    lr = resolve_config({"strategy": "naive", "train": {"epochs": 2}, "optimizer": {"lr": 0.5}})
+    lr = resolve_config(
+        {"strategy": "naive", "train": {"epochs": 2}, "optimizer": {"lr": 0.5}}
+    )
     assert config_hash(lr.single_run(0, 0)) != base

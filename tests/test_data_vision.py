@@ -9,7 +9,6 @@ import hashlib
 import io
 import struct
 import tarfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -247,9 +246,7 @@ def test_debian_fashion_mnist_loads() -> None:
             "Debian/Ubuntu package: apt-get install dataset-fashion-mnist"
         )
 
-    start = time.perf_counter()
     ds = load_dataset("fashion_mnist", download=False)
-    seconds = time.perf_counter() - start
 
     assert (len(ds.train_x), len(ds.test_x), ds.n_classes) == (60000, 10000, 10)
     assert ds.input_shape == (1, 28, 28) and ds.train_x.dtype == torch.float32
@@ -257,4 +254,3 @@ def test_debian_fashion_mnist_loads() -> None:
     # the classes are balanced: 6000 train and 1000 test images each
     assert torch.bincount(ds.train_y).tolist() == [6000] * 10
     assert torch.bincount(ds.test_y).tolist() == [1000] * 10
-    assert seconds < 10, f"loading took {seconds:.1f} s; it should take about one"

@@ -42,7 +42,10 @@ def test_same_seed_same_matrix_bit_for_bit(blobs):
 def test_resume_after_stop_equals_uninterrupted(blobs, tmp_path):
     cfg = config(optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})
     full = run_single(cfg, 0, 0, dataset=blobs, directory=tmp_path / "full")
-    assert run_single(cfg, 0, 0, dataset=blobs, directory=tmp_path / "cut", stop_after=2) is None
+    assert (
+        run_single(cfg, 0, 0, dataset=blobs, directory=tmp_path / "cut", stop_after=2)
+        is None
+    )
     saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert saved["next_experience"] == 2 and len(saved["R"]) == 2
     resumed = run_single(cfg, 0, 0, dataset=blobs, directory=tmp_path / "cut")
@@ -66,7 +69,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_finished_work(blobs, tmp_pa
     # experience 2 holds classes 4 and 5; poison one of its inputs
     index = int((blobs.train_y == 4).nonzero()[0])
     blobs.train_x[index] = float("nan")
-    with pytest.raises(TrainingError, match="experience 2: the training loss became nan at epoch 0"):
+    with pytest.raises(
+        TrainingError, match="experience 2: the training loss became nan at epoch 0"
+    ):
         run_single(config(), 0, 0, dataset=blobs, directory=tmp_path)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["next_experience"] == 2
@@ -112,8 +117,15 @@ def test_digits_naive_forgets_and_joint_does_not(tmp_path):
     assert joint["acc"]["mean"] > 0.9
     assert naive["la"]["mean"] > 0.95
     files = {p.name for p in (tmp_path / "run").rglob("*")}
-    assert {"config.yaml", "run.log", "summary.json", "summary.csv", "result.json",
-            "accuracy_matrix.csv", "checkpoint.pt"} <= files
+    assert {
+        "config.yaml",
+        "run.log",
+        "summary.json",
+        "summary.csv",
+        "result.json",
+        "accuracy_matrix.csv",
+        "checkpoint.pt",
+    } <= files
     loaded = load_results(tmp_path / "run")
     assert [r.R for r in loaded.results] == [r.R for r in result.results]
     # a finished run is skipped, not redone
@@ -129,11 +141,28 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         "train: {epochs: 4, batch_size: 16, threads: 1}\nscenario: {name: permuted, n_experiences: 6}\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "metacl.cli", "run", str(tmp_path / "cfg.yaml"), "--quiet", "--no-report"]
-    subprocess.run(cmd + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "metacl.cli",
+        "run",
+        str(tmp_path / "cfg.yaml"),
+        "--quiet",
+        "--no-report",
+    ]
+    subprocess.run(
+        cmd + ["--out", str(tmp_path / "full")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
 
-    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(tmp_path / "cut")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = tmp_path / "cut" / "naive" / "seed_0" / "checkpoint.pt"
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline:
@@ -143,7 +172,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     proc.wait()
     saved = torch.load(checkpoint, weights_only=True)
     assert 1 <= saved["next_experience"] < 6, "the run finished before it was killed"
-    subprocess.run(cmd + ["--out", str(tmp_path / "cut")], check=True, env=env, capture_output=True)
+    subprocess.run(
+        cmd + ["--out", str(tmp_path / "cut")], check=True, env=env, capture_output=True
+    )
     full = json.loads((tmp_path / "full/naive/seed_0/result.json").read_text())
     cut = json.loads((tmp_path / "cut/naive/seed_0/result.json").read_text())
     assert cut["R"] == full["R"]

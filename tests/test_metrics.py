@@ -5,7 +5,6 @@ import torch
 
 from metacl import metrics
 
-
 R = torch.tensor(
     [
         [0.90, 0.20, 0.10],

@@ -8,7 +8,10 @@ from metacl.models import MultiHead, build_model
 def test_mlp_and_cnn_shapes():
     x = torch.randn(5, 1, 28, 28)
     assert build_model("mlp", (1, 28, 28), 10).forward(x).shape == (5, 10)
-    assert build_model("cnn", (1, 28, 28), 7, batch_norm=True).forward(x).shape == (5, 7)
+    assert build_model("cnn", (1, 28, 28), 7, batch_norm=True).forward(x).shape == (
+        5,
+        7,
+    )
 
 
 def test_cnn_refuses_flat_or_tiny_inputs():

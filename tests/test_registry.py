@@ -10,8 +10,14 @@ def make_registry() -> Registry:
     reg = Registry("widget")
 
     @reg.register("gear", summary="a gear")
-    def gear(size: int, *, teeth: int = 10, ratio: float = 1.0,
-             finish: Literal["matte", "gloss"] = "matte", tags: list[str] | None = None):
+    def gear(
+        size: int,
+        *,
+        teeth: int = 10,
+        ratio: float = 1.0,
+        finish: Literal["matte", "gloss"] = "matte",
+        tags: list[str] | None = None,
+    ):
         return (size, teeth, ratio, finish, tags)
 
     return reg
@@ -27,7 +33,9 @@ def test_unknown_name_lists_choices():
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match="'teth'.*valid keys: teeth, ratio, finish, tags"):
+    with pytest.raises(
+        ConfigError, match="'teth'.*valid keys: teeth, ratio, finish, tags"
+    ):
         make_registry().validate("gear", {"teth": 3})
 
 

@@ -7,7 +7,13 @@ from metacl.errors import ScenarioError
 
 def test_class_incremental_splits_classes_and_samples(blobs):
     stream = build_stream("class_incremental", blobs, seed=0, n_experiences=5)
-    assert [e.classes for e in stream.experiences] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert [e.classes for e in stream.experiences] == [
+        (0, 1),
+        (2, 3),
+        (4, 5),
+        (6, 7),
+        (8, 9),
+    ]
     for e in stream.experiences:
         assert set(e.train_y.tolist()) == set(e.classes)
         assert set(e.test_y.tolist()) == set(e.classes)
@@ -17,7 +23,9 @@ def test_class_incremental_splits_classes_and_samples(blobs):
 
 
 def test_task_incremental_gives_task_ids_and_mask(blobs):
-    stream = build_stream("task_incremental", blobs, seed=0, classes_per_experience=[4, 3, 3])
+    stream = build_stream(
+        "task_incremental", blobs, seed=0, classes_per_experience=[4, 3, 3]
+    )
     assert stream.task_ids_at_test
     mask = stream.class_mask()
     assert mask.shape == (3, 10)
@@ -31,29 +39,41 @@ def test_class_order_and_shuffle_are_seeded(blobs):
     c = build_stream("class_incremental", blobs, seed=4, shuffle_classes=True)
     order = lambda s: [e.classes for e in s.experiences]  # noqa: E731
     assert order(a) == order(b) and order(a) != order(c)
-    explicit = build_stream("class_incremental", blobs, seed=0, class_order=[9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+    explicit = build_stream(
+        "class_incremental", blobs, seed=0, class_order=[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    )
     assert explicit.experiences[0].classes == (9, 8)
 
 
 def test_samples_and_validation_split(blobs):
     stream = build_stream(
-        "class_incremental", blobs, seed=0, samples_per_experience=30, validation_fraction=0.25
+        "class_incremental",
+        blobs,
+        seed=0,
+        samples_per_experience=30,
+        validation_fraction=0.25,
     )
     for e in stream.experiences:
         assert len(e.train_x) == 30
-        assert len(e.valid_x) == 20  # a quarter of the 80 training samples per 2 classes
+        assert (
+            len(e.valid_x) == 20
+        )  # a quarter of the 80 training samples per 2 classes
         # validation samples are never training samples
         train_rows = {tuple(r.tolist()) for r in e.train_x.flatten(1)}
         assert not any(tuple(r.tolist()) in train_rows for r in e.valid_x.flatten(1))
 
 
 def test_permuted_is_a_fixed_permutation_per_experience(blobs):
-    stream = build_stream("permuted", blobs, seed=0, n_experiences=3, first_unpermuted=True)
+    stream = build_stream(
+        "permuted", blobs, seed=0, n_experiences=3, first_unpermuted=True
+    )
     e0, e1, e2 = stream.experiences
     assert torch.equal(e0.test_x, blobs.test_x)
     assert not torch.equal(e1.test_x, e2.test_x)
     # same multiset of values per sample: a permutation of features
-    assert torch.equal(e1.test_x.flatten(1).sort().values, blobs.test_x.flatten(1).sort().values)
+    assert torch.equal(
+        e1.test_x.flatten(1).sort().values, blobs.test_x.flatten(1).sort().values
+    )
     # the same permutation for train and test
     perm_from_test = e1.test_x.flatten(1)[0]
     src = blobs.test_x.flatten(1)[0]
@@ -67,9 +87,9 @@ def test_rotation_by_90_degrees_moves_pixels():
     x[0, 0, 0, 1] = 1.0
     out = rotate_images(x, 90.0)
     assert out.shape == x.shape
-    assert torch.allclose(out, torch.rot90(x, k=1, dims=(2, 3)), atol=1e-5) or torch.allclose(
-        out, torch.rot90(x, k=-1, dims=(2, 3)), atol=1e-5
-    )
+    assert torch.allclose(
+        out, torch.rot90(x, k=1, dims=(2, 3)), atol=1e-5
+    ) or torch.allclose(out, torch.rot90(x, k=-1, dims=(2, 3)), atol=1e-5)
     assert torch.allclose(rotate_images(x, 0.0), x, atol=1e-6)
 
 
@@ -80,9 +100,13 @@ def test_rotated_stream_angles(blobs):
 
 
 def test_bad_settings_are_clear_errors(blobs):
-    with pytest.raises(ScenarioError, match="cannot be split evenly into n_experiences = 3"):
+    with pytest.raises(
+        ScenarioError, match="cannot be split evenly into n_experiences = 3"
+    ):
         build_stream("class_incremental", blobs, seed=0, n_experiences=3)
-    with pytest.raises(ScenarioError, match="samples_per_experience = 1000 but only 80"):
+    with pytest.raises(
+        ScenarioError, match="samples_per_experience = 1000 but only 80"
+    ):
         build_stream("class_incremental", blobs, seed=0, samples_per_experience=1000)
     with pytest.raises(ScenarioError, match="validation_fraction = 1.5"):
         build_stream("class_incremental", blobs, seed=0, validation_fraction=1.5)

@@ -2,10 +2,9 @@ import pytest
 import torch
 
 from metacl.data.scenarios import build_stream
-from metacl.errors import ScenarioError
+from metacl.errors import ConfigError, ScenarioError
 from metacl.models import MultiHead, build_model
 from metacl.strategies import Naive, OptimizerSpec, Strategy, build_strategy
-from metacl.errors import ConfigError
 
 
 def test_naive_observe_takes_one_sgd_step(blobs):
@@ -48,7 +47,9 @@ def test_class_incremental_predict_ignores_task_ids(blobs):
 
 def test_multihead_refuses_class_incremental(blobs):
     stream = build_stream("class_incremental", blobs, seed=0)
-    model = MultiHead(build_model("mlp", stream.input_shape, 10, hidden=[8]), len(stream))
+    model = MultiHead(
+        build_model("mlp", stream.input_shape, 10, hidden=[8]), len(stream)
+    )
     with pytest.raises(ScenarioError, match="multi-head model needs task ids"):
         Naive(model, stream, OptimizerSpec())
 
@@ -62,7 +63,9 @@ def test_strategy_refuses_scenarios_it_does_not_fit(blobs):
 
     model = build_model("mlp", (1, 4, 4), 10, hidden=[8])
     stream = build_stream("class_incremental", blobs, seed=0)
-    with pytest.raises(ScenarioError, match="needs task ids at test time.*task_incremental"):
+    with pytest.raises(
+        ScenarioError, match="needs task ids at test time.*task_incremental"
+    ):
         NeedsTasks(model, stream, OptimizerSpec())
     with pytest.raises(ScenarioError, match="supports: domain_incremental"):
         OnlyDomain(model, stream, OptimizerSpec())
@@ -71,4 +74,7 @@ def test_strategy_refuses_scenarios_it_does_not_fit(blobs):
 def test_optimizer_spec_validates():
     with pytest.raises(ConfigError, match="optimizer.lr = 0"):
         OptimizerSpec(lr=0)
-    assert isinstance(OptimizerSpec(name="adam").build([torch.zeros(1, requires_grad=True)]), torch.optim.Adam)
+    assert isinstance(
+        OptimizerSpec(name="adam").build([torch.zeros(1, requires_grad=True)]),
+        torch.optim.Adam,
+    )

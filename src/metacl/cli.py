@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -116,12 +117,16 @@ def _run(args: argparse.Namespace) -> int:
         try:
             data["seeds"] = [int(s) for s in args.seeds.split(",")]
         except ValueError:
-            raise MetaclError(f"--seeds {args.seeds!r} must be integers like 0,1,2") from None
+            raise MetaclError(
+                f"--seeds {args.seeds!r} must be integers like 0,1,2"
+            ) from None
     config = resolve_config(data)
     directory = Path(args.out) if args.out else Path(config.output) / config.name
 
-    print(f"metacl run {config.name}: {', '.join(config.labels)} on "
-          f"{config.scenario['name']}({config.dataset['name']}), seeds {config.seeds}")
+    print(
+        f"metacl run {config.name}: {', '.join(config.labels)} on "
+        f"{config.scenario['name']}({config.dataset['name']}), seeds {config.seeds}"
+    )
     progress = None if args.quiet else _Bar()
     result = run_experiment(
         config, directory=directory, resume=not args.restart, progress=progress
@@ -201,8 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     except MetaclError as error:
         print(f"metacl: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``metacl list | head``): stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
     except KeyboardInterrupt:
-        print("metacl: interrupted; run the same command again to resume", file=sys.stderr)
+        print(
+            "metacl: interrupted; run the same command again to resume", file=sys.stderr
+        )
         return 130
 
 

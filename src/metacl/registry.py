@@ -196,7 +196,9 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
     """
     ok, converted = _fits(value, annotation)
     if not ok:
-        raise ConfigError(f"{where} = {value!r} is invalid; expected {type_name(annotation)}")
+        raise ConfigError(
+            f"{where} = {value!r} is invalid; expected {type_name(annotation)}"
+        )
     return converted
 
 

@@ -102,15 +102,29 @@ def plot_run(result: ExperimentResult, directory: Path) -> list[Path]:
 
         # heatmap of the accuracy matrix
         fig, ax = plt.subplots(figsize=(1.0 + 0.6 * T, 1.0 + 0.6 * max(R.shape[0], 2)))
-        image = ax.imshow(R, vmin=0.0, vmax=1.0 if kind == "classification" else None, cmap="viridis")
+        image = ax.imshow(
+            R, vmin=0.0, vmax=1.0 if kind == "classification" else None, cmap="viridis"
+        )
         for i in range(R.shape[0]):
             for j in range(T):
-                ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", color="white", fontsize=7)
+                ax.text(
+                    j,
+                    i,
+                    f"{R[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    color="white",
+                    fontsize=7,
+                )
         ax.set_xlabel("test experience j")
-        ax.set_ylabel("after training on experience i" if R.shape[0] > 1 else "after all")
+        ax.set_ylabel(
+            "after training on experience i" if R.shape[0] > 1 else "after all"
+        )
         ax.set_xticks(range(T))
         ax.set_yticks(range(R.shape[0]))
-        ax.set_title(f"{label}: R[i, j] ({score}, mean of {len(group)} seeds)", fontsize=9)
+        ax.set_title(
+            f"{label}: R[i, j] ({score}, mean of {len(group)} seeds)", fontsize=9
+        )
         fig.colorbar(image, ax=ax, fraction=0.046)
         fig.tight_layout()
         path = directory / f"heatmap_{label}.png"
@@ -141,7 +155,9 @@ def plot_run(result: ExperimentResult, directory: Path) -> list[Path]:
         R = _mean_matrix(group)
         T = R.shape[1]
         if R.shape[0] == 1:
-            ax.axhline(R[0].mean(), linestyle="--", color="grey", label=f"{label} (all data)")
+            ax.axhline(
+                R[0].mean(), linestyle="--", color="grey", label=f"{label} (all data)"
+            )
         else:
             seen = [R[i, : i + 1].mean() for i in range(T)]
             ax.plot(range(T), seen, marker="o", label=label)
@@ -168,7 +184,11 @@ def write_report(directories: list[str | Path], out: str | Path | None = None) -
     """
     results = [load_results(d) for d in directories]
     if out is None:
-        out = results[0].directory if len(results) == 1 else results[0].directory.parent / "comparison"
+        out = (
+            results[0].directory
+            if len(results) == 1
+            else results[0].directory.parent / "comparison"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sections = []
@@ -178,9 +198,11 @@ def write_report(directories: list[str | Path], out: str | Path | None = None) -
 
     title = "metacl report" if len(results) == 1 else "metacl comparison"
     md = [f"# {title}", ""]
-    md.append("Numbers: mean ± 95% CI over seeds (Student's t). ACC, LA, BWT, FWT and "
-              "forgetting are defined in metacl.metrics; peak MB is the process's peak "
-              "resident memory.")
+    md.append(
+        "Numbers: mean ± 95% CI over seeds (Student's t). ACC, LA, BWT, FWT and "
+        "forgetting are defined in metacl.metrics; peak MB is the process's peak "
+        "resident memory."
+    )
     md.append("")
     md.append(markdown_table(results))
     md.append("")
@@ -195,21 +217,29 @@ def write_report(directories: list[str | Path], out: str | Path | None = None) -
     md_path = out / "report.md"
     md_path.write_text("\n".join(md))
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "font-size:13px}img{max-width:48%;margin:4px}</style></head><body>",
-             f"<h1>{title}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
+        "font-size:13px}img{max-width:48%;margin:4px}</style></head><body>",
+        f"<h1>{title}</h1>",
+    ]
     header, rows = _rows(results)
-    parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+    parts.append(
+        "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    )
     for row in rows:
-        parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+        )
     parts.append("</table>")
     for result, plots in sections:
         parts.append(f"<h2>{html.escape(result.directory.name)}</h2>")
         parts.append(f"<p>{html.escape(result.results[0].stream)}</p>")
         for p in plots:
-            parts.append(f"<img src='{html.escape(p.relative_to(out).as_posix())}' alt='{p.stem}'>")
+            parts.append(
+                f"<img src='{html.escape(p.relative_to(out).as_posix())}' alt='{p.stem}'>"
+            )
     parts.append("</body></html>")
     (out / "report.html").write_text("\n".join(parts))
     logger.info("report written to %s", md_path)

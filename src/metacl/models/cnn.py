@@ -68,7 +68,9 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-@MODELS.register("cnn", summary="small CNN: conv-ReLU-pool blocks, a hidden layer, a head")
+@MODELS.register(
+    "cnn", summary="small CNN: conv-ReLU-pool blocks, a hidden layer, a head"
+)
 def cnn(
     input_shape: tuple[int, ...],
     n_outputs: int,
@@ -78,5 +80,9 @@ def cnn(
     batch_norm: bool = False,
 ) -> SmallCNN:
     return SmallCNN(
-        input_shape, n_outputs, channels=list(channels), hidden=hidden, batch_norm=batch_norm
+        input_shape,
+        n_outputs,
+        channels=list(channels),
+        hidden=hidden,
+        batch_norm=batch_norm,
     )

@@ -47,6 +47,9 @@ class MLP(nn.Module):
 
 @MODELS.register("mlp", summary="ReLU MLP on the flattened input")
 def mlp(
-    input_shape: tuple[int, ...], n_outputs: int, *, hidden: list[int] = (400, 400)  # noqa: B006
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    *,
+    hidden: list[int] = (400, 400),  # noqa: B006
 ) -> MLP:
     return MLP(math.prod(input_shape), list(hidden), n_outputs)
