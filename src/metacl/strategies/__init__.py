@@ -9,6 +9,16 @@ from metacl.strategies.base import (
     build_strategy,
     register_strategy,
 )
+from metacl.strategies.memory import (
+    ClassBalancedMemory,
+    Memory,
+    MemoryBatch,
+    ReservoirMemory,
+    build_memory,
+)
+from metacl.strategies.progressive import PNN
+from metacl.strategies.regularization import EWC, SI, LwF, OnlineEWC
+from metacl.strategies.replay import AGEM, DERpp, Replay
 
 __all__ = [
     "STRATEGIES",
@@ -18,4 +28,17 @@ __all__ = [
     "Strategy",
     "build_strategy",
     "register_strategy",
+    "EWC",
+    "OnlineEWC",
+    "SI",
+    "LwF",
+    "Replay",
+    "AGEM",
+    "DERpp",
+    "PNN",
+    "Memory",
+    "MemoryBatch",
+    "ReservoirMemory",
+    "ClassBalancedMemory",
+    "build_memory",
 ]

@@ -1,0 +1,251 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from metacl.config import resolve_config
+from metacl.data import load_dataset
+from metacl.data.scenarios import build_stream
+from metacl.errors import ConfigError, ScenarioError
+from metacl.experiment import run_single
+from metacl.models import MultiHead, build_model
+from metacl.strategies import EWC, SI, LwF, OnlineEWC, OptimizerSpec, build_strategy
+
+
+def _setup(blobs, name, scenario="class_incremental", multi_head=False, **settings):
+    stream = build_stream(scenario, blobs, seed=0)
+    torch.manual_seed(0)
+    model = build_model("mlp", stream.input_shape, 10, hidden=[8])
+    if multi_head:
+        model = MultiHead(model, len(stream))
+    return stream, build_strategy(
+        name, model, stream, OptimizerSpec(lr=0.1), **settings
+    )
+
+
+def _train(strategy, experience, steps=5):
+    strategy.begin_experience(experience)
+    for i in range(steps):
+        s = slice(16 * i, 16 * (i + 1))
+        x, y = experience.train_x[s], experience.train_y[s]
+        strategy.observe(x, y, experience.task_ids(len(x)))
+    strategy.end_experience(experience)
+
+
+def _move(model, scale):
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_ewc_penalty_is_zero_at_anchor_and_fisher_weighted_away(blobs):
+    stream, ewc = _setup(blobs, "ewc", lambda_=4.0)
+    _train(ewc, stream.experiences[0])
+    assert float(ewc.penalty().detach()) == pytest.approx(0.0, abs=1e-7)
+    anchor = {n: p.detach().clone() for n, p in ewc.model.named_parameters()}
+    _move(ewc.model, 0.1)
+    expected = sum(
+        (ewc.importance[n] * (p.detach() - anchor[n]) ** 2).sum()
+        for n, p in ewc.model.named_parameters()
+    )
+    assert float(ewc.penalty().detach()) == pytest.approx(
+        2.0 * float(expected), rel=1e-5
+    )
+    small = float(ewc.penalty().detach())
+    _move(ewc.model, 0.1)
+    assert float(ewc.penalty().detach()) > small
+    assert all(bool((f >= 0).all()) for f in ewc.importance.values())
+
+
+def test_ewc_sums_one_penalty_per_experience(blobs, monkeypatch):
+    stream, ewc = _setup(blobs, "ewc", lambda_=2.0)
+    g = torch.Generator().manual_seed(0)
+    shapes = {n: p.shape for n, p in ewc.model.named_parameters()}
+    fishers = [
+        {n: torch.rand(s, generator=g) for n, s in shapes.items()} for _ in range(2)
+    ]
+    monkeypatch.setattr(ewc, "_fisher", lambda *a: fishers.pop(0))
+    anchors = []
+    for i in range(2):
+        _train(ewc, stream.experiences[i], steps=2)
+        anchors.append({n: p.detach().clone() for n, p in ewc.model.named_parameters()})
+    _move(ewc.model, 0.05)
+    g = torch.Generator().manual_seed(0)
+    replay = [
+        {n: torch.rand(s, generator=g) for n, s in shapes.items()} for _ in range(2)
+    ]
+    expected = sum(
+        (replay[e][n] * (p.detach() - anchors[e][n]) ** 2).sum()
+        for e in range(2)
+        for n, p in ewc.model.named_parameters()
+    )
+    assert float(ewc.penalty().detach()) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_ewc_step_follows_the_gradient_of_loss_plus_penalty(blobs):
+    stream, ewc = _setup(blobs, "ewc", lambda_=50.0)
+    _train(ewc, stream.experiences[0])
+    _move(ewc.model, 0.05)
+    e = stream.experiences[1]
+    x, y, t = e.train_x[:16], e.train_y[:16], e.task_ids(16)
+    reference = {
+        n: p.detach().clone().requires_grad_() for n, p in ewc.model.named_parameters()
+    }
+    out = torch.func.functional_call(ewc.model, reference, (x,))
+    total = nn.functional.cross_entropy(out, y) + ewc.scale * sum(
+        (ewc.importance[n] * (reference[n] - ewc.anchor[n]) ** 2).sum()
+        for n in reference
+    )
+    grads = torch.autograd.grad(total, list(reference.values()))
+    ewc.observe(x, y, t)
+    for (n, p), g in zip(reference.items(), grads, strict=True):
+        assert torch.allclose(ewc.model.state_dict()[n], p - 0.1 * g, atol=1e-6)
+
+
+def test_online_ewc_accumulates_fisher_with_gamma(blobs, monkeypatch):
+    stream, online = _setup(blobs, "online_ewc", lambda_=1.0, gamma=0.5)
+    shapes = {n: p.shape for n, p in online.model.named_parameters()}
+    f1 = {n: torch.full(s, 2.0) for n, s in shapes.items()}
+    f2 = {n: torch.full(s, 1.0) for n, s in shapes.items()}
+    fishers = [f1, f2]
+    monkeypatch.setattr(online, "_fisher", lambda *a: fishers.pop(0))
+    _train(online, stream.experiences[0], steps=2)
+    _train(online, stream.experiences[1], steps=2)
+    for n, p in online.model.named_parameters():
+        assert torch.allclose(
+            online.importance[n], torch.full(p.shape, 0.5 * 2.0 + 1.0)
+        )
+        assert torch.equal(online.anchor[n], p.detach())
+
+
+def test_si_path_integral_on_a_quadratic(blobs):
+    # the loss 0.5 * sum h * theta^2 has a known path integral: the loss decrease
+    # of each parameter, 0.5 * h * (theta_0^2 - theta_T^2); with plain gradient steps
+    # of size lr, each step's -g * dtheta = lr * g^2 exceeds its loss decrease by the
+    # factor 1 / (1 - h * lr / 2)
+    stream = build_stream("class_incremental", blobs, seed=0)
+    h = torch.tensor([1.0, 4.0, 0.25])
+
+    class Quadratic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.theta = nn.Parameter(torch.tensor([1.0, -0.5, 2.0]))
+
+        def forward(self, x):
+            return self.theta.expand(len(x), 3)
+
+    si = SI(Quadratic(), stream, OptimizerSpec(lr=0.01), strength=1.0, xi=0.01)
+    si.criterion = lambda out, y: 0.5 * (h * out[0] ** 2).sum()
+    start = si.model.theta.detach().clone()
+    x, y, t = blobs.train_x[:2], blobs.train_y[:2], torch.zeros(2, dtype=torch.long)
+    for _ in range(300):
+        si.observe(x, y, t)
+    end = si.model.theta.detach().clone()
+    expected_path = 0.5 * h * (start**2 - end**2) / (1 - h * 0.01 / 2)
+    assert torch.allclose(si.path["theta"], expected_path, rtol=1e-4)
+    si.end_experience(stream.experiences[0])
+    expected_omega = expected_path / ((end - start) ** 2 + 0.01)
+    assert torch.allclose(si.omega["theta"], expected_omega, rtol=1e-4)
+    assert (
+        torch.equal(si.anchor["theta"], end)
+        and float(si.path["theta"].abs().sum()) == 0
+    )
+
+
+def test_lwf_distillation_is_zero_when_the_model_equals_its_old_copy(blobs):
+    for scenario, multi_head in (
+        ("class_incremental", False),
+        ("task_incremental", True),
+    ):
+        stream, lwf = _setup(blobs, "lwf", scenario=scenario, multi_head=multi_head)
+        _train(lwf, stream.experiences[0])
+        x = stream.experiences[1].train_x[:16]
+        t = stream.experiences[1].task_ids(16)
+        raw = lwf.model(x, t) if multi_head else lwf.model(x)
+        assert float(lwf._distillation(x, raw)) == 0.0
+        for _ in range(3):  # train on, without taking a new snapshot
+            lwf.observe(x, stream.experiences[1].train_y[:16], t)
+        raw = lwf.model(x, t) if multi_head else lwf.model(x)
+        assert float(lwf._distillation(x, raw)) > 0.0
+        assert lwf.old_classes == ({-1: [0, 1]} if not multi_head else {0: [0, 1]})
+
+
+def test_settings_are_validated():
+    with pytest.raises(ConfigError, match="strategies\\[0\\].fisher"):
+        resolve_config({"strategy": {"name": "ewc", "fisher": "exact"}})
+    with pytest.raises(ConfigError, match="unknown key.*'lamda'"):
+        resolve_config({"strategy": {"name": "ewc", "lamda": 1.0}})
+
+
+def test_bad_values_name_the_setting(blobs):
+    stream = build_stream("class_incremental", blobs, seed=0)
+    model = build_model("mlp", stream.input_shape, 10, hidden=[8])
+    with pytest.raises(ConfigError, match="gamma = 1.5"):
+        OnlineEWC(model, stream, OptimizerSpec(), gamma=1.5)
+    with pytest.raises(ConfigError, match="xi = 0"):
+        SI(model, stream, OptimizerSpec(), xi=0.0)
+    with pytest.raises(ConfigError, match="temperature = 0"):
+        LwF(model, stream, OptimizerSpec(), temperature=0.0)
+    with pytest.raises(ConfigError, match="lambda_ = -1"):
+        EWC(model, stream, OptimizerSpec(), lambda_=-1.0)
+    with pytest.raises(ConfigError, match="fisher_samples = 0"):
+        EWC(model, stream, OptimizerSpec(), fisher_samples=0)
+
+
+@pytest.mark.parametrize("name", ["ewc", "online_ewc", "si", "lwf"])
+def test_regression_streams_are_refused(blobs, name):
+    stream = dataclasses.replace(
+        build_stream("class_incremental", blobs, seed=0), kind="regression"
+    )
+    model = build_model("mlp", stream.input_shape, 1, hidden=[8])
+    with pytest.raises(ScenarioError, match="needs a classification stream"):
+        build_strategy(name, model, stream, OptimizerSpec())
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"name": "ewc", "lambda_": 10.0, "fisher": "true", "fisher_samples": 50},
+        {"name": "si", "strength": 0.5},
+        {"name": "lwf"},
+    ],
+)
+def test_resume_equals_uninterrupted(blobs, tmp_path, strategy):
+    cfg = resolve_config(
+        {
+            "seeds": [0],
+            "model": {"name": "mlp", "hidden": [16]},
+            "strategy": strategy,
+            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            "train": {"epochs": 1, "batch_size": 16},
+        }
+    )
+    full = run_single(cfg, 0, 0, dataset=blobs, directory=tmp_path / "full")
+    assert (
+        run_single(cfg, 0, 0, dataset=blobs, directory=tmp_path / "cut", stop_after=2)
+        is None
+    )
+    resumed = run_single(cfg, 0, 0, dataset=blobs, directory=tmp_path / "cut")
+    assert resumed.R == full.R
+
+
+def test_ewc_beats_naive_on_permuted_digits():
+    digits = load_dataset("digits")
+    accs = {}
+    for strategy in ({"name": "naive"}, {"name": "ewc", "lambda_": 100.0}):
+        cfg = resolve_config(
+            {
+                "seeds": [0],
+                "dataset": {"name": "digits"},
+                "scenario": {"name": "permuted", "n_experiences": 4},
+                "model": {"name": "mlp", "hidden": [64, 64]},
+                "strategy": strategy,
+                "optimizer": {"name": "sgd", "lr": 0.05},
+                "train": {"epochs": 3, "batch_size": 32},
+            }
+        )
+        accs[strategy["name"]] = run_single(cfg, 0, 0, dataset=digits).metrics
+    assert accs["ewc"]["acc"] > accs["naive"]["acc"] + 0.02, accs
+    assert accs["ewc"]["bwt"] > accs["naive"]["bwt"], accs
