@@ -130,3 +130,42 @@ def test_mnist1d_corrupt_cache_is_regenerated(isolated_cache: Path) -> None:
 def test_mnist1d_too_few_samples_is_refused() -> None:
     with pytest.raises(ConfigError, match="n_samples = 5"):
         load_dataset("mnist1d", n_samples=5)
+
+
+# ------------------------------------------------------------------- sine waves
+
+
+def test_sine_waves_follow_the_maml_ranges_and_the_seed():
+    from metacl.data.embedded import SINE_AMPLITUDE, SINE_PHASE, SINE_X, sine
+
+    ds = sine(n_functions=6, train_per_function=40, test_per_function=10, seed=3)
+    assert ds.kind == "regression" and ds.n_groups == 6
+    assert ds.train_x.shape == (240, 1) and ds.test_y.shape == (60, 1)
+    assert torch.bincount(ds.train_groups).tolist() == [40] * 6
+    assert SINE_X[0] <= float(ds.train_x.min()) and float(ds.train_x.max()) <= SINE_X[1]
+    for group in range(6):
+        # y = A sin(x - phase) = a sin x + c cos x: recover A and phase by least squares
+        x = torch.cat([ds.train_x, ds.test_x])[
+            torch.cat([ds.train_groups, ds.test_groups]) == group
+        ].double()
+        y = torch.cat([ds.train_y, ds.test_y])[
+            torch.cat([ds.train_groups, ds.test_groups]) == group
+        ].double()
+        basis = torch.cat([torch.sin(x), torch.cos(x)], dim=1)
+        a, c = torch.linalg.lstsq(basis, y).solution[:, 0]
+        fit = (basis @ torch.stack([a, c]))[:, None]
+        assert torch.allclose(fit, y, atol=1e-4)
+        amplitude, phase = float(torch.hypot(a, c)), float(torch.atan2(-c, a))
+        assert SINE_AMPLITUDE[0] <= amplitude <= SINE_AMPLITUDE[1]
+        assert SINE_PHASE[0] - 1e-6 <= phase <= SINE_PHASE[1] + 1e-6
+    again = sine(n_functions=6, train_per_function=40, test_per_function=10, seed=3)
+    other = sine(n_functions=6, train_per_function=40, test_per_function=10, seed=4)
+    assert torch.equal(ds.train_y, again.train_y)
+    assert not torch.equal(ds.train_y, other.train_y)
+
+
+def test_sine_rejects_empty_counts():
+    from metacl.data.embedded import sine
+
+    with pytest.raises(ConfigError, match="train_per_function = 0"):
+        sine(train_per_function=0)

@@ -178,3 +178,24 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     full = json.loads((tmp_path / "full/naive/seed_0/result.json").read_text())
     cut = json.loads((tmp_path / "cut/naive/seed_0/result.json").read_text())
     assert cut["R"] == full["R"]
+
+
+def test_sine_regression_stream_records_losses_and_forgetting():
+    cfg = resolve_config(
+        {
+            "seeds": [0],
+            "dataset": {"name": "sine", "n_functions": 3, "train_per_function": 100},
+            "scenario": {"name": "grouped"},
+            "model": {"name": "mlp", "hidden": [40, 40]},
+            "strategy": {"name": "naive"},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "train": {"epochs": 15, "batch_size": 25, "threads": 1},
+        }
+    )
+    result = run_single(cfg, 0, 0)
+    assert result.kind == "regression"
+    R = torch.tensor(result.R)
+    # each function is fitted when learned (MSE far below the untrained model's) ...
+    assert all(R[j, j] < 0.5 * result.b[j] for j in range(3))
+    # ... and the earlier ones are forgotten: their loss rises afterwards
+    assert result.metrics["bwt"] > 0 and result.metrics["forgetting"] > 0

@@ -50,3 +50,16 @@ def test_mean_ci_matches_t_interval():
     # t(0.975, 3) = 3.182446, sd = 1.290994
     assert half == pytest.approx(3.182446 * 1.290994 / 2, rel=1e-5)
     assert math.isnan(metrics.mean_ci([0.7])[1])
+
+
+def test_forgetting_of_losses_is_the_rise_from_the_best_earlier_loss():
+    # losses: experience 0 went 0.5 -> 0.2 -> 0.9; experience 1 went 0.3 -> 0.4
+    R = torch.tensor([[0.5, 2.0, 2.0], [0.2, 0.3, 2.0], [0.9, 0.4, 0.1]])
+    b = torch.tensor([1.0, 1.0, 1.0])
+    m = metrics.derived_metrics(R, b, higher_is_better=False)
+    assert m["forgetting"] == pytest.approx(((0.9 - 0.2) + (0.4 - 0.3)) / 2)
+    assert m["bwt"] == pytest.approx(((0.9 - 0.5) + (0.4 - 0.3)) / 2)
+    # read as accuracies, the same matrix has its best earlier score at the maximum
+    assert metrics.derived_metrics(R, b)["forgetting"] == pytest.approx(
+        ((0.5 - 0.9) + (2.0 - 0.4)) / 2
+    )

@@ -114,3 +114,42 @@ def test_bad_settings_are_clear_errors(blobs):
         build_stream("class_incremental", blobs, seed=0, class_order=[0, 0, 1])
     with pytest.raises(ScenarioError, match="one angle per experience"):
         build_stream("rotated", blobs, seed=0, n_experiences=2, angles=[0.0])
+
+
+def test_grouped_makes_one_experience_per_group():
+    from metacl.data.embedded import sine
+
+    ds = sine(n_functions=4, train_per_function=30, test_per_function=7, seed=0)
+    stream = build_stream("grouped", ds, seed=1, validation_fraction=0.2)
+    assert len(stream) == 4 and stream.kind == "regression"
+    assert stream.scenario == "domain_incremental" and not stream.task_ids_at_test
+    assert "regression" in stream.describe()
+    for i, e in enumerate(stream.experiences):
+        assert (len(e.train_x), len(e.valid_x), len(e.test_x)) == (24, 6, 7)
+        # every sample of experience i comes from function i
+        assert torch.equal(e.test_x, ds.test_x[ds.test_groups == i])
+        member = (ds.train_x[ds.train_groups == i] == e.train_x[0]).all(1)
+        assert member.any()
+    first_two = build_stream(
+        "grouped", ds, seed=1, n_experiences=2, task_ids_at_test=True
+    )
+    assert len(first_two) == 2 and first_two.scenario == "task_incremental"
+
+
+def test_grouped_refuses_a_dataset_without_groups_and_bad_counts(blobs):
+    from metacl.data.embedded import sine
+
+    with pytest.raises(ScenarioError, match="'blobs' has none.*sine"):
+        build_stream("grouped", blobs, seed=0)
+    ds = sine(n_functions=3, train_per_function=5, test_per_function=5)
+    with pytest.raises(ScenarioError, match="n_experiences = 4.*choose 1..3"):
+        build_stream("grouped", ds, seed=0, n_experiences=4)
+    with pytest.raises(ScenarioError, match="samples_per_experience = 9"):
+        build_stream("grouped", ds, seed=0, samples_per_experience=9)
+
+
+def test_class_splits_refuse_a_regression_dataset():
+    from metacl.data.embedded import sine
+
+    with pytest.raises(ScenarioError, match="needs a classification dataset"):
+        build_stream("class_incremental", sine(), seed=0)

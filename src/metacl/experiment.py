@@ -440,7 +440,11 @@ def run_single(
         R=R,
         b=b,
         R_valid=R_valid or None,
-        metrics=derived_metrics(torch.tensor(R), torch.tensor(b)),
+        metrics=derived_metrics(
+            torch.tensor(R),
+            torch.tensor(b),
+            higher_is_better=stream.kind != "regression",
+        ),
         timings=timings,
         config_hash=digest,
         kind=stream.kind,

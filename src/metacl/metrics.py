@@ -10,6 +10,12 @@ training. With ``T`` experiences (zero-based):
 - FWT (forward transfer) = mean over j > 0 of R[j-1, j] - b[j]
 - forgetting = mean over j < T-1 of (max over l < T-1 of R[l, j]) - R[T-1, j]
 
+For regression ``R`` holds losses, where lower is better: ACC, LA, BWT and FWT keep the
+formulas above (so a positive BWT means the loss grew: forgetting), and forgetting
+becomes the rise from the best earlier loss, mean over j < T-1 of
+R[T-1, j] - (min over l < T-1 of R[l, j]), so that it is positive when the model forgot
+in both cases.
+
 A matrix with a single row (joint training sees all experiences at once) defines ACC
 only; the other numbers are NaN. With one experience, BWT, FWT and forgetting are NaN.
 
@@ -94,24 +100,40 @@ def fwt(R: Tensor, b: Tensor) -> float:
     return (previous - b[1:]).mean().item()
 
 
-def forgetting(R: Tensor) -> float:
-    """Mean drop from the best earlier accuracy to the final one (j < T-1)."""
+def forgetting(R: Tensor, *, higher_is_better: bool = True) -> float:
+    """Mean drop from the best earlier score to the final one (j < T-1).
+
+    Args:
+        R: The accuracy (or loss) matrix.
+        higher_is_better: False when ``R`` holds losses: the best earlier score is
+            then the lowest, and forgetting is the final loss minus it.
+    """
     R = _check(R)
     T = R.shape[1]
     if R.shape[0] == 1 or T < 2:
         return math.nan
-    best = R[: T - 1, : T - 1].max(dim=0).values
-    return (best - R[T - 1, : T - 1]).mean().item()
+    earlier, final = R[: T - 1, : T - 1], R[T - 1, : T - 1]
+    if higher_is_better:
+        return (earlier.max(dim=0).values - final).mean().item()
+    return (final - earlier.min(dim=0).values).mean().item()
 
 
-def derived_metrics(R: Tensor, b: Tensor) -> dict[str, float]:
-    """ACC, LA, BWT, FWT and forgetting of one accuracy matrix."""
+def derived_metrics(
+    R: Tensor, b: Tensor, *, higher_is_better: bool = True
+) -> dict[str, float]:
+    """ACC, LA, BWT, FWT and forgetting of one accuracy matrix.
+
+    Args:
+        R: ``(T, T)``, or ``(1, T)`` for joint training.
+        b: ``(T,)`` scores of the untrained model.
+        higher_is_better: False for a regression stream, whose ``R`` holds losses.
+    """
     return {
         "acc": acc(R),
         "la": learning_accuracy(R),
         "bwt": bwt(R),
         "fwt": fwt(R, b),
-        "forgetting": forgetting(R),
+        "forgetting": forgetting(R, higher_is_better=higher_is_better),
     }
 
 

@@ -32,6 +32,10 @@ class Dataset:
         test_y: Test targets, as ``train_y``.
         n_classes: Number of classes (0 for regression).
         kind: "classification" or "regression".
+        train_groups: Optional int64 ``(N,)``: which group (a task, a domain, a
+            function) each training sample belongs to, numbered from 0. The
+            ``grouped`` scenario makes one experience of each group.
+        test_groups: The same for the test samples.
     """
 
     name: str
@@ -41,8 +45,24 @@ class Dataset:
     test_y: Tensor
     n_classes: int
     kind: Literal["classification", "regression"] = "classification"
+    train_groups: Tensor | None = None
+    test_groups: Tensor | None = None
 
     def __post_init__(self) -> None:
+        if (self.train_groups is None) != (self.test_groups is None):
+            raise DataError(
+                f"dataset {self.name!r}: give groups for both splits or for neither"
+            )
+        if self.train_groups is not None:
+            for split, x, groups in (
+                ("train", self.train_x, self.train_groups),
+                ("test", self.test_x, self.test_groups),
+            ):
+                if len(groups) != len(x):
+                    raise DataError(
+                        f"dataset {self.name!r}: {split} split has {len(x)} inputs "
+                        f"but {len(groups)} group labels"
+                    )
         for split, x, y in (
             ("train", self.train_x, self.train_y),
             ("test", self.test_x, self.test_y),
@@ -60,6 +80,13 @@ class Dataset:
                         f" is outside [0, {self.n_classes}); the label file is corrupt "
                         "or belongs to another dataset"
                     )
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups (0 when the dataset has none)."""
+        if self.train_groups is None or not len(self.train_groups):
+            return 0
+        return int(self.train_groups.max()) + 1
 
     @property
     def input_shape(self) -> tuple[int, ...]:

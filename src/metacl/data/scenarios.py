@@ -108,7 +108,9 @@ class Stream:
     def describe(self) -> str:
         """One line: scenario, dataset, sizes and classes of each experience."""
         classes = [list(e.classes) for e in self.experiences]
-        if self.scenario == "domain_incremental":
+        if self.kind == "regression":
+            classes_text = "regression"
+        elif self.scenario == "domain_incremental":
             classes_text = f"{self.n_classes} classes each"
         else:
             classes_text = f"classes {classes}"
@@ -557,4 +559,99 @@ def rotated(
         validation_fraction=validation_fraction,
         online=online,
         transform=transform,
+    )
+
+
+@SCENARIOS.register(
+    "grouped",
+    summary="one experience per group of a grouped dataset (e.g. sine functions)",
+)
+def grouped(
+    dataset: Dataset,
+    seed: int,
+    *,
+    n_experiences: int | None = None,
+    task_ids_at_test: bool = False,
+    samples_per_experience: int | None = None,
+    validation_fraction: float = 0.0,
+    online: bool = False,
+) -> Stream:
+    """One experience per group of a dataset that labels its samples with groups
+    (``Dataset.train_groups``: the functions of ``sine``, say), in group order.
+
+    Without task ids it is a domain-incremental stream (one model output, the mapping
+    changes from experience to experience); with ``task_ids_at_test`` it is
+    task-incremental, and ``model.multi_head`` gives each group its own head.
+    Regression datasets are allowed here.
+
+    Args:
+        n_experiences: Use only the first this many groups; default all of them.
+        task_ids_at_test: Give the group as the task id at test time.
+        samples_per_experience, validation_fraction, online: As in
+            :func:`class_incremental`.
+    """
+    where = "scenario 'grouped'"
+    if dataset.train_groups is None or dataset.test_groups is None:
+        raise ScenarioError(
+            f"{where} needs a dataset with groups, and {dataset.name!r} has none; use a "
+            "grouped dataset (sine) or another scenario (class_incremental, permuted, "
+            "...)"
+        )
+    if samples_per_experience is not None and samples_per_experience < 1:
+        raise ScenarioError(
+            f"{where}: samples_per_experience = {samples_per_experience} must be >= 1"
+        )
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ScenarioError(
+            f"{where}: validation_fraction = {validation_fraction} must be in [0, 1)"
+        )
+    n_groups = dataset.n_groups
+    if n_experiences is None:
+        n_experiences = n_groups
+    if not 1 <= n_experiences <= n_groups:
+        raise ScenarioError(
+            f"{where}: n_experiences = {n_experiences}, but {dataset.name!r} has "
+            f"{n_groups} groups; choose 1..{n_groups}"
+        )
+    classes = tuple(range(dataset.n_classes))
+    experiences = []
+    for i in range(n_experiences):
+        in_train = dataset.train_groups == i
+        in_test = dataset.test_groups == i
+        train_x, train_y, valid_x, valid_y = _split_train(
+            dataset.train_x[in_train],
+            dataset.train_y[in_train],
+            samples=samples_per_experience,
+            validation_fraction=validation_fraction,
+            generator=_generator(seed, 100 + i),
+            where=f"{where}, experience {i}",
+        )
+        if len(train_x) == 0 or not bool(in_test.any()):
+            raise ScenarioError(
+                f"{where}: group {i} of {dataset.name!r} has no training or no test "
+                "samples"
+            )
+        experiences.append(
+            Experience(
+                i,
+                i,
+                classes,
+                train_x,
+                train_y,
+                dataset.test_x[in_test],
+                dataset.test_y[in_test],
+                valid_x,
+                valid_y,
+            )
+        )
+    return Stream(
+        "grouped",
+        dataset.name,
+        "task_incremental" if task_ids_at_test else "domain_incremental",
+        experiences,
+        dataset.n_classes,
+        dataset.input_shape,
+        task_ids_at_test=task_ids_at_test,
+        online=online,
+        kind=dataset.kind,
     )

@@ -102,8 +102,13 @@ class Strategy:
         self.optimizer_spec = optimizer
         self.optimizer = optimizer.build(model.parameters())
         self.multi_head = isinstance(model, MultiHead)
-        self.class_mask = stream.class_mask() if stream.task_ids_at_test else None
         self.regression = stream.kind == "regression"
+        # outputs are masked to the task's classes only in classification
+        self.class_mask = (
+            stream.class_mask()
+            if stream.task_ids_at_test and not self.regression
+            else None
+        )
         self.criterion = nn.MSELoss() if self.regression else nn.CrossEntropyLoss()
 
     @classmethod
