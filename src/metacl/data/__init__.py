@@ -1,8 +1,8 @@
 """Datasets: loading real data files into tensors, and the dataset registry.
 
 Importing this package registers every dataset (``mnist``, ``fashion_mnist``,
-``cifar10``, ``cifar100``, ``digits``, ``mnist1d``); :func:`load_dataset` builds one by
-name from keyword settings.
+``cifar10``, ``cifar100``, ``digits``, ``mnist1d``, ``omniglot``); :func:`load_dataset`
+builds one by name from keyword settings.
 """
 
 from metacl.data.base import DATASETS, Dataset, load_dataset
@@ -19,7 +19,7 @@ from metacl.data.files import (
 from metacl.data.readers import read_cifar_binary, read_idx, read_tar_members
 
 # NOTE: imported for their side effect, the registration of their datasets.
-from metacl.data import embedded, vision  # noqa: E402, F401  # isort: skip
+from metacl.data import embedded, omniglot, vision  # noqa: E402, F401  # isort: skip
 
 __all__ = [
     "Dataset",
