@@ -211,3 +211,24 @@ def test_registry_and_settings_errors_name_the_value():
         "metasgd",
         "reptile",
     ]
+
+
+def test_convolutions_on_the_cpu_take_the_loop_under_auto_and_agree_with_vmap():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)
+    ).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 9, 1, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (4, 9), generator=g)
+    batch = TaskBatch(x[:, :3], y[:, :3], x[:, 3:], y[:, 3:])
+    algorithm = MAML(model, nn.functional.cross_entropy, inner_lr=0.3, inner_steps=2)
+
+    _, auto = algorithm.meta_gradient(batch)
+    assert algorithm.vmap_works is None  # vmap was not even tried
+    _, loop = algorithm.meta_gradient(batch, vectorize=False)
+    algorithm.vectorize = "vmap"
+    _, forced = algorithm.meta_gradient(batch)
+    for key in loop:
+        assert torch.equal(auto[key], loop[key])
+        torch.testing.assert_close(forced[key], loop[key], rtol=1e-10, atol=1e-12)

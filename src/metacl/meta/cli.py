@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Meta-train on sine-wave regression or N-way K-shot episodes of a dataset, "
             "then report the post-adaptation loss (and accuracy) on held-out tasks "
-            "with 95%% confidence intervals."
+            "with 95% confidence intervals."
         ),
     )
     parser.add_argument(
