@@ -8,7 +8,10 @@ the math is in pure functions over parameter dictionaries (:func:`maml_task_loss
 
 The outer loop is not here: :meth:`MetaAlgorithm.meta_gradient` returns the
 meta-gradient of a batch of tasks, and whoever owns the optimiser applies it
-(:mod:`metacl.meta.train`).
+(:mod:`metacl.meta.train`). A new inner-loop rule (clipped learned rates as in La-MAML,
+a learned optimiser as in Meta-LSTM) is a :class:`~metacl.functional.StepRule` returned
+by :meth:`MetaAlgorithm.step_sizes`, its own tensors listed by
+:meth:`MetaAlgorithm.meta_parameters`; the rest of the machinery is unchanged.
 
 Note [vmap or loop]
     Every per-task function runs either under ``torch.func.vmap`` (all tasks at once)
@@ -60,6 +63,7 @@ from metacl.functional import (
     Buffers,
     LossFn,
     Params,
+    StepRule,
     adapt,
     buffers_of,
     forward,
@@ -101,7 +105,7 @@ _T = TypeVar("_T")
 def maml_task_loss(
     model: nn.Module,
     params: Params,
-    inner_lr: float | Params,
+    inner_lr: float | Params | StepRule,
     buffers: Buffers,
     support_x: Tensor,
     support_y: Tensor,
@@ -137,7 +141,7 @@ def maml_task_loss(
 def reptile_task_update(
     model: nn.Module,
     params: Params,
-    inner_lr: float | Params,
+    inner_lr: float | Params | StepRule,
     buffers: Buffers,
     support_x: Tensor,
     support_y: Tensor,
@@ -173,7 +177,7 @@ def reptile_task_update(
 def evaluate_task(
     model: nn.Module,
     params: Params,
-    inner_lr: float | Params,
+    inner_lr: float | Params | StepRule,
     buffers: Buffers,
     support_x: Tensor,
     support_y: Tensor,
@@ -342,8 +346,9 @@ class MetaAlgorithm:
         """The tensors the outer optimiser updates, by name (the model's parameters)."""
         return dict(self.model.named_parameters())
 
-    def step_sizes(self) -> float | Params:
-        """The inner step size(s) handed to :func:`~metacl.functional.adapt`."""
+    def step_sizes(self) -> float | Params | StepRule:
+        """The inner update handed to :func:`~metacl.functional.adapt` as ``inner_lr``:
+        a float, a dictionary of learned step sizes, or a step rule."""
         return self.inner_lr
 
     def meta_gradient(
