@@ -70,3 +70,9 @@ def test_registered_and_clear_errors():
         build_model("progressive", (1, 4, 4), 10, base="rnn")
     with pytest.raises(ConfigError, match="columns = 0"):
         ProgressiveNet.mlp((4,), 2, hidden=[3], columns=0)
+
+
+def test_without_task_ids_it_says_what_to_use():
+    net = ProgressiveNet.mlp((4,), 2, hidden=[3], columns=2)
+    with pytest.raises(ScenarioError, match="strategy 'pnn' on a task_incremental"):
+        net(torch.randn(2, 4))

@@ -18,6 +18,8 @@ The sections::
     optimizer: {name: sgd, lr: 0.05, momentum: 0.0, weight_decay: 0.0}
     train: {epochs: 5, batch_size: 32, eval_batch_size: 1000, threads: null}
     output: runs
+    store: null                 # results store: null = results.sqlite beside the run
+                                # directory (OUTPUT/), a file path, or false
 
 Example:
     >>> cfg = resolve_config({"strategy": {"name": "naive"}})
@@ -62,6 +64,7 @@ TOP_LEVEL = (
     "optimizer",
     "train",
     "output",
+    "store",
 )
 
 
@@ -108,6 +111,9 @@ class RunConfig:
     train: dict[str, Any]
     output: str = "runs"
     labels: list[str] = field(default_factory=list)
+    # the results store (metacl.sweep.store): None = results.sqlite beside the run
+    # directory, a path, or False to record nothing
+    store: str | bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +126,7 @@ class RunConfig:
             "optimizer": dict(self.optimizer),
             "train": dict(self.train),
             "output": self.output,
+            **({"store": self.store} if self.store is not None else {}),
         }
 
     def single_run(self, strategy_index: int, seed: int) -> dict[str, Any]:
@@ -212,7 +219,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         elif isinstance(node, dict):
             node[last] = value
         else:
-            raise ConfigError(f"override {item!r}: {'.'.join(parts[:-1])} is not a section")
+            raise ConfigError(
+                f"override {item!r}: {'.'.join(parts[:-1])} is not a section"
+            )
     return data
 
 
@@ -342,7 +351,9 @@ def resolve_config(data: dict[str, Any]) -> RunConfig:
     )
     if not optimizer["lr"] > 0:
         raise ConfigError(f"optimizer.lr = {optimizer['lr']} must be > 0")
-    train = _validate_section(_train_section, data.get("train", base.get("train")), "train")
+    train = _validate_section(
+        _train_section, data.get("train", base.get("train")), "train"
+    )
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if train[key] < 1:
             raise ConfigError(f"train.{key} = {train[key]} must be >= 1")
@@ -351,6 +362,14 @@ def resolve_config(data: dict[str, Any]) -> RunConfig:
     output = data.get("output", base.get("output", "runs"))
     if not isinstance(output, str) or not output:
         raise ConfigError(f"output = {output!r} must be a directory path")
+    store = data.get("store", base.get("store"))
+    if not (
+        store is None or isinstance(store, bool) or (isinstance(store, str) and store)
+    ):
+        raise ConfigError(
+            f"store = {store!r} must be a file path, null (results.sqlite beside the "
+            "run directory) or false (record nothing)"
+        )
 
     for strategy, label in zip(resolved_strategies, labels, strict=True):
         strategy["label"] = label
@@ -365,4 +384,5 @@ def resolve_config(data: dict[str, Any]) -> RunConfig:
         train=train,
         output=output,
         labels=labels,
+        store=store,
     )

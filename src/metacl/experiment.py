@@ -430,8 +430,12 @@ def run_single(
             return None
 
     timings.update(_peak_memory_mb(device))
-    timings["train_samples_per_s"] = timings["train_samples"] / max(timings["train_s"], 1e-9)
-    timings["eval_samples_per_s"] = timings["eval_samples"] / max(timings["eval_s"], 1e-9)
+    timings["train_samples_per_s"] = timings["train_samples"] / max(
+        timings["train_s"], 1e-9
+    )
+    timings["eval_samples_per_s"] = timings["eval_samples"] / max(
+        timings["eval_s"], 1e-9
+    )
     result = SeedResult(
         label=label,
         strategy=config.strategies[strategy_index]["name"],
@@ -565,16 +569,21 @@ def run_experiment(
         logging.getLogger("metacl").addHandler(handler)
         if logging.getLogger("metacl").level in (logging.NOTSET, logging.WARNING):
             logging.getLogger("metacl").setLevel(logging.INFO)
+    store = None
     try:
         settings = dict(config.dataset)
         dataset = load_dataset(settings.pop("name"), **settings)
         logger.info("dataset %s", dataset.summary())
         results = []
+        store = _open_store(config, path)
         for index, strategy in enumerate(config.strategies):
             for seed in config.seeds:
                 seed_dir = (
-                    path / strategy["label"] / f"seed_{seed}" if path is not None else None
+                    path / strategy["label"] / f"seed_{seed}"
+                    if path is not None
+                    else None
                 )
+                began = time.perf_counter()
                 result = run_single(
                     config,
                     index,
@@ -584,6 +593,8 @@ def run_experiment(
                     resume=resume,
                     progress=progress,
                 )
+                if store is not None:
+                    _record(store, config, index, seed, result, seed_dir, began, resume)
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
@@ -592,9 +603,38 @@ def run_experiment(
             _write_summary(path, summary)
         return ExperimentResult(path, results, summary)
     finally:
+        if store is not None:
+            store.close()
         if handler is not None:
             logging.getLogger("metacl").removeHandler(handler)
             handler.close()
+
+
+def _open_store(config: RunConfig, path: Path | None):
+    """The results store runs are recorded in (``config.store``; default
+    ``results.sqlite`` beside the run directory), or None without one."""
+    if path is None or config.store is False:
+        return None
+    from metacl.sweep.store import STORE_FILE, ResultStore
+
+    if config.store is None or config.store is True:
+        return ResultStore(path.parent / STORE_FILE)
+    return ResultStore(config.store)
+
+
+def _record(store, config, index, seed, result, directory, began, resume) -> None:
+    """Record a finished run; one skipped as already finished keeps its record."""
+    from metacl.sweep.store import record_from_result
+
+    if resume and store.finished([result.config_hash]):
+        return
+    single = config.single_run(index, seed)
+    wall_s = time.perf_counter() - began
+    store.record(
+        record_from_result(
+            result, single, name=config.name, directory=directory, wall_s=wall_s
+        )
+    )
 
 
 def _write_config(path: Path, config: RunConfig) -> None:
@@ -603,7 +643,10 @@ def _write_config(path: Path, config: RunConfig) -> None:
     if target.exists() and target.read_text() != text:
         old = yaml.safe_load(target.read_text()) or {}
         # only the seed list or the strategies may grow in an existing directory
-        same = all(old.get(k) == config.to_dict().get(k) for k in ("dataset", "scenario", "model", "optimizer", "train"))
+        same = all(
+            old.get(k) == config.to_dict().get(k)
+            for k in ("dataset", "scenario", "model", "optimizer", "train")
+        )
         if not same:
             raise CheckpointError(
                 f"{str(path)!r} holds a run of another configuration; use another "
@@ -616,10 +659,19 @@ def _write_config(path: Path, config: RunConfig) -> None:
 
 def _write_summary(path: Path, summary: dict[str, dict[str, Any]]) -> None:
     _write_text_atomic(path / "summary.json", json.dumps(summary, indent=1))
-    names = list(METRIC_NAMES) + ["train_s", "eval_s", "train_samples_per_s", "eval_samples_per_s", "peak_rss_mb"]
+    names = list(METRIC_NAMES) + [
+        "train_s",
+        "eval_s",
+        "train_samples_per_s",
+        "eval_samples_per_s",
+        "peak_rss_mb",
+    ]
     with open(path / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["label", "strategy", "n_seeds"] + [f"{n}_{s}" for n in names for s in ("mean", "ci95")])
+        writer.writerow(
+            ["label", "strategy", "n_seeds"]
+            + [f"{n}_{s}" for n in names for s in ("mean", "ci95")]
+        )
         for label, entry in summary.items():
             row = [label, entry["strategy"], len(entry["seeds"])]
             for n in names:

@@ -171,12 +171,20 @@ class ProgressiveNet(nn.Module):
         """The parameters of column ``k`` (its layers and its adapters)."""
         return list(self.columns[k].parameters())
 
-    def forward(self, x: Tensor, task: Tensor) -> Tensor:
+    def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
         """Each sample's output from the column of its task; ``task`` is ``(batch,)``.
 
         Columns ``0..max(task)`` run on the whole batch (column ``k`` needs the
         activations of every earlier column).
+
+        Raises:
+            ScenarioError: ``task`` is missing or out of range.
         """
+        if task is None:
+            raise ScenarioError(
+                "a progressive network picks its column by task id and got none; use "
+                "it with strategy 'pnn' on a task_incremental stream"
+            )
         if len(task) != len(x):
             raise ScenarioError(f"got {len(x)} inputs but {len(task)} task ids")
         needed = int(task.max()) + 1 if len(task) else 1

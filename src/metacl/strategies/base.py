@@ -23,7 +23,14 @@ from metacl.errors import ConfigError, ScenarioError
 from metacl.models.multihead import MultiHead
 from metacl.registry import Registry
 
-__all__ = ["STRATEGIES", "OptimizerSpec", "Strategy", "Naive", "Joint", "build_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "OptimizerSpec",
+    "Strategy",
+    "Naive",
+    "Joint",
+    "build_strategy",
+]
 
 STRATEGIES = Registry("strategy")
 
@@ -48,7 +55,9 @@ class OptimizerSpec:
 
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adam"):
-            raise ConfigError(f"optimizer.name = {self.name!r}; valid choices: sgd, adam")
+            raise ConfigError(
+                f"optimizer.name = {self.name!r}; valid choices: sgd, adam"
+            )
         if not self.lr > 0:
             raise ConfigError(f"optimizer.lr = {self.lr} must be > 0")
         if self.momentum < 0 or self.weight_decay < 0:
@@ -60,7 +69,10 @@ class OptimizerSpec:
     def build(self, params) -> torch.optim.Optimizer:
         if self.name == "sgd":
             return torch.optim.SGD(
-                params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+                params,
+                lr=self.lr,
+                momentum=self.momentum,
+                weight_decay=self.weight_decay,
             )
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
 
@@ -89,7 +101,9 @@ class Strategy:
     #: whether the runner hands it the whole stream as one experience
     trains_jointly: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, stream: Stream, optimizer: OptimizerSpec) -> None:
+    def __init__(
+        self, model: nn.Module, stream: Stream, optimizer: OptimizerSpec
+    ) -> None:
         self.check_stream(stream)
         if isinstance(model, MultiHead) and not stream.task_ids_at_test:
             raise ScenarioError(
@@ -193,7 +207,9 @@ def register_strategy(name: str, summary: str):
     return decorate
 
 
-@register_strategy("naive", summary="fine-tuning on each experience in turn (lower bound)")
+@register_strategy(
+    "naive", summary="fine-tuning on each experience in turn (lower bound)"
+)
 class Naive(Strategy):
     """Plain fine-tuning: train on each experience as it comes, nothing else.
 
@@ -201,11 +217,15 @@ class Naive(Strategy):
     support.
     """
 
-    def __init__(self, model: nn.Module, stream: Stream, optimizer: OptimizerSpec) -> None:
+    def __init__(
+        self, model: nn.Module, stream: Stream, optimizer: OptimizerSpec
+    ) -> None:
         super().__init__(model, stream, optimizer)
 
 
-@register_strategy("joint", summary="one model trained on all experiences at once (upper bound)")
+@register_strategy(
+    "joint", summary="one model trained on all experiences at once (upper bound)"
+)
 class Joint(Strategy):
     """Joint training: the runner concatenates every experience's training data and
     trains once, shuffled, for the configured epochs.
@@ -217,5 +237,7 @@ class Joint(Strategy):
 
     trains_jointly = True
 
-    def __init__(self, model: nn.Module, stream: Stream, optimizer: OptimizerSpec) -> None:
+    def __init__(
+        self, model: nn.Module, stream: Stream, optimizer: OptimizerSpec
+    ) -> None:
         super().__init__(model, stream, optimizer)

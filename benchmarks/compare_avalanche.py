@@ -1,0 +1,599 @@
+"""Side-by-side comparison of metacl's classic strategies with Avalanche's.
+
+Same streams, same model, same seeds, same hyperparameters, one epoch per experience:
+
+- protocols: Split Fashion-MNIST class-incremental (``split_ci``) and
+  task-incremental (``split_ti``), 5 experiences of 2 classes in label order, and
+  Permuted Fashion-MNIST (``permuted``), 10 experiences; the permutations are
+  metacl's (this script computes them and hands them to the Avalanche side);
+- model: MLP 784-400-400-10 (ReLU). In the task-incremental protocol both libraries
+  use the single head with the outputs of the other tasks' classes masked (metacl's
+  task_incremental scenario; on the Avalanche side a small ``MultiTaskModule``);
+- SGD, lr 0.01, batch 32, eval batch 1000, one torch thread, every run in its own
+  process (peak memory = that process's max RSS, data included).
+
+Every (protocol, strategy, seed) runs metacl then Avalanche (A B A B: the machine is
+shared and noisy) and appends one JSON line per library to ``--results``; runs found
+there are skipped, so the grid can run in chunks. ``--report`` prints the table.
+
+Hyperparameters (identical objectives; where the two libraries write a constant
+differently, the conversion is stated):
+
+- EWC / online EWC: Avalanche ``ewc_lambda = L`` (penalty ``L * sum F d^2``, Fisher
+  from squared mean gradients of mini-batches of the training batch size) is metacl
+  ``lambda_ = 2 L`` (penalty ``lambda_/2 * sum F d^2``) with ``fisher_batch_size =
+  32``. L = 100 (split) and 20 (permuted): ANCHORS.md notes lambda above ~200
+  diverges on Permuted Fashion-MNIST at lr 0.01. Online: ``decay_factor = gamma =
+  0.9``.
+- SI: Avalanche ``si_lambda = S`` (penalty ``S/2 * sum Omega d^2``, importances
+  clipped at 0.001) is metacl ``strength = S/2, max_importance = 0.001``; S = 100,
+  damping ``eps = xi = 1e-3``.
+- LwF: alpha 1, temperature 2.
+- Replay: memory 1000, replay batch 32, reservoir policy (Avalanche's
+  ``ReservoirSamplingBuffer`` updates at the end of each experience, metacl's after
+  every batch).
+- A-GEM: 200 patterns per experience (metacl: ``memory_size = 200 * T``), reference
+  batch 256.
+- DER++: memory 1000, replay batch 32, alpha 0.1, beta 0.5.
+- PNN (task-incremental only): two hidden layers of 400 per column, MLP adapters.
+
+Usage::
+
+    bash benchmarks/setup_avalanche.sh /tmp/avalanche-venv
+    flock /tmp/metacl-cpu.lock python benchmarks/compare_avalanche.py \\
+        --protocols split_ci --seeds 0 1 2 --results /tmp/compare.jsonl
+    python benchmarks/compare_avalanche.py --report --results /tmp/compare.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROTOCOLS = ("split_ci", "split_ti", "permuted")
+STRATEGIES = (
+    "naive",
+    "ewc",
+    "online_ewc",
+    "si",
+    "lwf",
+    "replay",
+    "agem",
+    "derpp",
+    "pnn",
+)
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+LR, BATCH, EVAL_BATCH = 0.01, 32, 1000
+MEMORY, REPLAY_BATCH = 1000, 32
+AGEM_PER_EXP, AGEM_SAMPLE = 200, 256
+
+
+def n_experiences(protocol: str) -> int:
+    return 10 if protocol == "permuted" else 5
+
+
+def ewc_lambda_avalanche(protocol: str) -> float:
+    return 20.0 if protocol == "permuted" else 100.0
+
+
+def fits(protocol: str, strategy: str) -> bool:
+    return strategy != "pnn" or protocol == "split_ti"
+
+
+# ---------------------------------------------------------------------------
+# the metacl side (runs in metacl's venv)
+
+
+def metacl_settings(protocol: str, strategy: str) -> dict:
+    lam = ewc_lambda_avalanche(protocol)
+    return {
+        "naive": {},
+        "ewc": {"lambda_": 2 * lam, "fisher_batch_size": BATCH},
+        "online_ewc": {"lambda_": 2 * lam, "gamma": 0.9, "fisher_batch_size": BATCH},
+        "si": {"strength": 50.0, "xi": 1e-3, "max_importance": 1e-3},
+        "lwf": {"alpha": 1.0, "temperature": 2.0},
+        "replay": {"memory_size": MEMORY, "replay_batch_size": REPLAY_BATCH},
+        "agem": {
+            "memory_size": AGEM_PER_EXP * n_experiences(protocol),
+            "replay_batch_size": AGEM_SAMPLE,
+        },
+        "derpp": {
+            "memory_size": MEMORY,
+            "replay_batch_size": REPLAY_BATCH,
+            "alpha": 0.1,
+            "beta": 0.5,
+        },
+        "pnn": {},
+    }[strategy]
+
+
+def metacl_config(protocol: str, strategy: str, seed: int) -> dict:
+    scenario = {
+        "split_ci": {"name": "class_incremental", "n_experiences": 5},
+        "split_ti": {"name": "task_incremental", "n_experiences": 5},
+        "permuted": {"name": "permuted", "n_experiences": 10},
+    }[protocol]
+    return {
+        "seeds": [seed],
+        "dataset": {"name": "fashion_mnist"},
+        "scenario": scenario,
+        "model": {"name": "mlp", "hidden": [400, 400]},
+        "strategy": {"name": strategy, **metacl_settings(protocol, strategy)},
+        "optimizer": {"name": "sgd", "lr": LR},
+        "train": {
+            "epochs": 1,
+            "batch_size": BATCH,
+            "eval_batch_size": EVAL_BATCH,
+            "threads": 1,
+        },
+    }
+
+
+def metacl_worker(protocol: str, strategy: str, seed: int) -> dict:
+    import torch
+
+    from metacl.config import resolve_config
+    from metacl.experiment import run_single
+
+    torch.set_num_threads(1)
+    config = resolve_config(metacl_config(protocol, strategy, seed))
+    result = run_single(config, 0, seed)
+    T = len(result.R)
+    return {
+        "R": result.R,
+        "acc": result.metrics["acc"],
+        "bwt": result.metrics["bwt"],
+        "train_s": result.timings["train_s"],
+        # the runner also evaluates once before training; count T evaluations
+        "eval_s": result.timings["eval_s"] * T / (T + 1),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def permutations(seed: int, n: int) -> list[list[int]]:
+    """metacl's permutations for ``seed`` (computed in metacl's venv)."""
+    import torch
+
+    from metacl.data.scenarios import _generator
+
+    return [
+        torch.randperm(784, generator=_generator(seed, 200 + i)).tolist()
+        for i in range(n)
+    ]
+
+
+def measure_replay_flatness(strategies: list[str]) -> dict:
+    """Median time per observe() in the first experience with a non-empty memory and
+    in the last, Split Fashion-MNIST class-incremental, memory 1000."""
+    import torch
+
+    from metacl.data import load_dataset
+    from metacl.data.scenarios import build_stream
+    from metacl.models import build_model
+    from metacl.strategies import OptimizerSpec, build_strategy
+
+    torch.set_num_threads(1)
+    dataset = load_dataset("fashion_mnist")
+    stream = build_stream("class_incremental", dataset, seed=0, n_experiences=5)
+    out = {}
+    for name in strategies:
+        torch.manual_seed(0)
+        model = build_model("mlp", stream.input_shape, 10, hidden=[400, 400])
+        settings = metacl_settings("split_ci", name)
+        strategy = build_strategy(name, model, stream, OptimizerSpec(lr=LR), **settings)
+        per_experience = []
+        for e in stream.experiences:
+            strategy.begin_experience(e)
+            times = []
+            order = torch.randperm(len(e.train_x))
+            for start in range(0, len(order), BATCH):
+                index = order[start : start + BATCH]
+                had_memory = len(strategy.memory) > 0
+                began = time.perf_counter()
+                strategy.observe(
+                    e.train_x[index], e.train_y[index], e.task_ids(len(index))
+                )
+                if had_memory:
+                    times.append(time.perf_counter() - began)
+            strategy.end_experience(e)
+            per_experience.append(statistics.median(times) if times else math.nan)
+        first = next(t for t in per_experience if not math.isnan(t))
+        out[name] = {
+            "ms_per_batch": [round(1000 * t, 3) for t in per_experience],
+            "last_over_first": per_experience[-1] / first,
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the Avalanche side (runs in Avalanche's venv; does not import metacl)
+
+
+def _read_idx(path: Path):
+    import numpy as np
+
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def avalanche_worker(
+    protocol: str, strategy: str, seed: int, perms_file: str | None
+) -> dict:
+    import numpy as np
+    import torch
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+    from avalanche.benchmarks.utils.classification_dataset import (
+        _make_taskaware_tensor_classification_dataset as tensor_dataset,
+    )
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.models import MultiTaskModule
+    from avalanche.models.pnn import PNN
+    from avalanche.training import (
+        AGEM,
+        DER,
+        EWC,
+        LwF,
+        Naive,
+        PNNStrategy,
+        SynapticIntelligence,
+    )
+    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ReservoirSamplingBuffer
+    from torch import nn
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    # the stream, as metacl cuts it: classes in label order, metacl's permutations
+    def load(split: str):
+        prefix = "train" if split == "train" else "t10k"
+        x = _read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz").reshape(-1, 784)
+        y = _read_idx(FMNIST / f"{prefix}-labels-idx1-ubyte.gz")
+        return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(
+            y.astype(np.int64)
+        )
+
+    train_x, train_y = load("train")
+    test_x, test_y = load("test")
+    T = n_experiences(protocol)
+    task_il = protocol == "split_ti"
+    trains, tests, groups = [], [], []
+    perms = json.loads(Path(perms_file).read_text()) if perms_file else None
+    for i in range(T):
+        label = i if task_il else 0
+        if protocol == "permuted":
+            perm = torch.tensor(perms[i])
+            parts = [(train_x[:, perm], train_y), (test_x[:, perm], test_y)]
+            groups.append(list(range(10)))
+        else:
+            classes = [2 * i, 2 * i + 1]
+            groups.append(classes)
+            parts = []
+            for x, y in ((train_x, train_y), (test_x, test_y)):
+                keep = (y == classes[0]) | (y == classes[1])
+                parts.append((x[keep], y[keep]))
+        for (x, y), sink in zip(parts, (trains, tests), strict=True):
+            sink.append(
+                tensor_dataset(x, y, targets=y.tolist(), task_labels=[label] * len(y))
+            )
+    benchmark = with_task_labels(
+        with_classes_timeline(benchmark_from_datasets(train=trains, test=tests))
+    )
+
+    def mlp():
+        return nn.Sequential(
+            nn.Linear(784, 400),
+            nn.ReLU(),
+            nn.Linear(400, 400),
+            nn.ReLU(),
+            nn.Linear(400, 10),
+        )
+
+    class MaskedMLP(MultiTaskModule):
+        """One head; outputs of classes outside the sample's task masked."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+            mask = torch.zeros(T, 10, dtype=torch.bool)
+            for t, classes in enumerate(groups):
+                mask[t, classes] = True
+            self.register_buffer("mask", mask)
+
+        def forward_single_task(self, x, task_label):
+            return self.net(x).masked_fill(~self.mask[int(task_label)], -1e9)
+
+        def forward(self, x, task_labels):
+            if task_labels is None:  # every known task's outputs (LwF)
+                return self.forward_all_tasks(x)
+            if isinstance(task_labels, int):
+                task_labels = torch.full((len(x),), task_labels)
+            return self.net(x).masked_fill(~self.mask[task_labels.long()], -1e9)
+
+    if strategy == "pnn":
+        model = PNN(
+            num_layers=2, in_features=784, hidden_features_per_column=400, adapter="mlp"
+        )
+    else:
+        model = MaskedMLP() if task_il else mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
+    common = dict(
+        model=model,
+        optimizer=optimizer,
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=BATCH,
+        train_epochs=1,
+        eval_mb_size=EVAL_BATCH,
+        device="cpu",
+        evaluator=evaluator,
+    )
+    lam = ewc_lambda_avalanche(protocol)
+    if strategy == "naive":
+        learner = Naive(**common)
+    elif strategy == "ewc":
+        learner = EWC(ewc_lambda=lam, mode="separate", **common)
+    elif strategy == "online_ewc":
+        learner = EWC(ewc_lambda=lam, mode="online", decay_factor=0.9, **common)
+    elif strategy == "si":
+        learner = SynapticIntelligence(si_lambda=100.0, eps=1e-3, **common)
+    elif strategy == "lwf":
+        learner = LwF(alpha=1.0, temperature=2.0, **common)
+    elif strategy == "replay":
+        plugin = ReplayPlugin(
+            mem_size=MEMORY,
+            batch_size_mem=REPLAY_BATCH,
+            storage_policy=ReservoirSamplingBuffer(MEMORY),
+        )
+        learner = Naive(plugins=[plugin], **common)
+    elif strategy == "agem":
+        learner = AGEM(patterns_per_exp=AGEM_PER_EXP, sample_size=AGEM_SAMPLE, **common)
+    elif strategy == "derpp":
+        learner = DER(
+            mem_size=MEMORY, batch_size_mem=REPLAY_BATCH, alpha=0.1, beta=0.5, **common
+        )
+    elif strategy == "pnn":
+        learner = PNNStrategy(**common)
+    else:
+        raise ValueError(strategy)
+
+    R, train_s, eval_s = [], 0.0, 0.0
+    for i, experience in enumerate(benchmark.train_stream):
+        # Avalanche's evaluation draws from the global generator: seed each phase
+        torch.manual_seed(seed * 1000 + i)
+        began = time.perf_counter()
+        learner.train(experience)
+        train_s += time.perf_counter() - began
+        torch.manual_seed(seed * 1000 + 500 + i)
+        began = time.perf_counter()
+        learner.eval(benchmark.test_stream)
+        eval_s += time.perf_counter() - began
+        metrics = learner.evaluator.get_last_metrics()
+        row = [math.nan] * T
+        for key, value in metrics.items():
+            match = re.match(
+                r"Top1_Acc_Exp/eval_phase/test_stream/Task\d+/Exp(\d+)$", key
+            )
+            if match:
+                row[int(match.group(1))] = float(value)
+        R.append(row)
+    acc = sum(R[-1]) / T
+    bwt = sum(R[-1][j] - R[j][j] for j in range(T - 1)) / (T - 1)
+    return {
+        "R": R,
+        "acc": acc,
+        "bwt": bwt,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------
+# the driver (metacl's venv)
+
+
+def _load(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _run_worker(python: str, args: list[str], env: dict, timeout: int) -> dict:
+    command = [python, __file__, *args]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def drive(args: argparse.Namespace) -> None:
+    results = Path(args.results)
+    done = {
+        (r["library"], r["protocol"], r["strategy"], r["seed"]) for r in _load(results)
+    }
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore"
+    )
+    home = Path(tempfile.gettempdir()) / "avalanche-home"
+    home.mkdir(exist_ok=True)
+    avalanche_env = dict(env, HOME=str(home))
+    for protocol in args.protocols:
+        perms_file = None
+        for seed in args.seeds:
+            for strategy in args.strategies:
+                if not fits(protocol, strategy):
+                    continue
+                for library in args.libraries:
+                    key = (library, protocol, strategy, seed)
+                    if key in done:
+                        continue
+                    worker = ["--worker", library, protocol, strategy, str(seed)]
+                    if library == "avalanche" and protocol == "permuted":
+                        perms_file = (
+                            Path(tempfile.gettempdir()) / f"metacl-perms-{seed}.json"
+                        )
+                        perms_file.write_text(json.dumps(permutations(seed, 10)))
+                        worker += ["--perms", str(perms_file)]
+                    python = (
+                        sys.executable if library == "metacl" else args.avalanche_python
+                    )
+                    began = time.perf_counter()
+                    record = _run_worker(
+                        python,
+                        worker,
+                        avalanche_env if library == "avalanche" else env,
+                        args.timeout,
+                    )
+                    record.update(
+                        library=library, protocol=protocol, strategy=strategy, seed=seed
+                    )
+                    with open(results, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    print(
+                        f"{library:9s} {protocol:8s} {strategy:10s} seed {seed}: ACC "
+                        f"{record['acc']:.4f} BWT {record['bwt']:+.4f} train "
+                        f"{record['train_s']:.1f}s eval {record['eval_s']:.2f}s "
+                        f"({time.perf_counter() - began:.0f}s wall)",
+                        flush=True,
+                    )
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    # two-sided 95% Student t quantiles for n - 1 degrees of freedom
+    t = {
+        1: 12.706,
+        2: 4.303,
+        3: 3.182,
+        4: 2.776,
+        5: 2.571,
+        6: 2.447,
+        7: 2.365,
+        8: 2.306,
+        9: 2.262,
+    }
+    sd = statistics.stdev(values)
+    return mean, t.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def report(args: argparse.Namespace) -> None:
+    records = _load(Path(args.results))
+    print(
+        "| protocol | strategy | seeds | metacl ACC | Avalanche ACC | metacl BWT | "
+        "Avalanche BWT | ACC goal | train s (m / A) | train ratio | eval s (m / A) | "
+        "eval ratio | peak MB (m / A) |"
+    )
+    print("|" + " --- |" * 13)
+    for protocol in PROTOCOLS:
+        for strategy in STRATEGIES:
+            rows = {
+                lib: [
+                    r
+                    for r in records
+                    if r["library"] == lib
+                    and r["protocol"] == protocol
+                    and r["strategy"] == strategy
+                ]
+                for lib in ("metacl", "avalanche")
+            }
+            seeds = sorted(
+                {r["seed"] for r in rows["metacl"]}
+                & {r["seed"] for r in rows["avalanche"]}
+            )
+            if not seeds:
+                continue
+            pick = {lib: [r for r in rows[lib] if r["seed"] in seeds] for lib in rows}
+
+            def stat(lib, key, pick=pick):
+                return _mean_ci([r[key] for r in pick[lib]])
+
+            def med(lib, key, pick=pick):
+                return statistics.median(r[key] for r in pick[lib])
+
+            (ma, mh), (aa, ah) = stat("metacl", "acc"), stat("avalanche", "acc")
+            (mb, mbh), (ab, abh) = stat("metacl", "bwt"), stat("avalanche", "bwt")
+            goal = "yes" if ma >= aa - (ah if not math.isnan(ah) else 0) else "no"
+            mt, at = med("metacl", "train_s"), med("avalanche", "train_s")
+            me, ae = med("metacl", "eval_s"), med("avalanche", "eval_s")
+            mm, am = med("metacl", "peak_rss_mb"), med("avalanche", "peak_rss_mb")
+            print(
+                f"| {protocol} | {strategy} | {len(seeds)} | {ma:.3f} ± {mh:.3f} | "
+                f"{aa:.3f} ± {ah:.3f} | {mb:+.3f} ± {mbh:.3f} | {ab:+.3f} ± {abh:.3f} | "
+                f"{goal} | {mt:.1f} / {at:.1f} | {at / mt:.1f}x | {me:.2f} / {ae:.2f} | "
+                f"{ae / me:.1f}x | {mm:.0f} / {am:.0f} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS
+    )
+    parser.add_argument(
+        "--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--libraries", nargs="+", default=["metacl", "avalanche"])
+    parser.add_argument("--results", default="compare_avalanche.jsonl")
+    parser.add_argument("--avalanche-python", default="/tmp/avalanche-venv/bin/python")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")
+    parser.add_argument(
+        "--report", action="store_true", help="print the table and exit"
+    )
+    parser.add_argument(
+        "--replay-flatness",
+        action="store_true",
+        help="measure metacl's replay time per batch, first vs last experience",
+    )
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("LIBRARY", "PROTOCOL", "STRATEGY", "SEED")
+    )
+    parser.add_argument("--perms")
+    args = parser.parse_args()
+
+    if args.worker:
+        library, protocol, strategy, seed = args.worker
+        if library == "metacl":
+            out = metacl_worker(protocol, strategy, int(seed))
+        else:
+            out = avalanche_worker(protocol, strategy, int(seed), args.perms)
+        print(json.dumps(out))
+    elif args.report:
+        report(args)
+    elif args.replay_flatness:
+        print(
+            json.dumps(measure_replay_flatness(["replay", "agem", "derpp"]), indent=1)
+        )
+    else:
+        drive(args)
+
+
+if __name__ == "__main__":
+    main()
