@@ -100,3 +100,16 @@ def test_hash_changes_with_what_matters_only():
         {"strategy": "naive", "train": {"epochs": 2}, "optimizer": {"lr": 0.5}}
     )
     assert config_hash(lr.single_run(0, 0)) != base
+
+
+def test_classes_per_experience_sets_the_number_of_experiences():
+    split = {"name": "class_incremental", "classes_per_experience": [4, 3, 3]}
+    assert resolve_config({"scenario": split}).scenario["n_experiences"] == 3
+    agreeing = resolve_config({"scenario": {**split, "n_experiences": 3}})
+    assert agreeing.scenario["n_experiences"] == 3
+    with pytest.raises(
+        ConfigError,
+        match=r"n_experiences = 2 but .*\[4, 3, 3\] makes 3 experiences; set "
+        "n_experiences to 3",
+    ):
+        resolve_config({"scenario": {**split, "n_experiences": 2}})

@@ -274,6 +274,27 @@ def _validate_named(registry, settings: Any, where: str, extra: tuple[str, ...] 
     return {"name": name, **kept, **resolved}
 
 
+def _reconcile_experiences(scenario: dict[str, Any], given: Any) -> None:
+    """Make ``n_experiences`` agree with an explicit ``classes_per_experience``.
+
+    The class split follows ``classes_per_experience`` when it is given; a different
+    ``n_experiences`` beside it would be recorded in the resolved configuration (and
+    give a sweep axis over it distinct runs of one stream), so it is refused, and a
+    missing one is filled in from the list.
+    """
+    counts = scenario.get("classes_per_experience")
+    if counts is None or "n_experiences" not in scenario:
+        return
+    stated = given.get("n_experiences") if isinstance(given, dict) else None
+    if stated is not None and stated != len(counts):
+        raise ConfigError(
+            f"scenario.n_experiences = {stated} but scenario.classes_per_experience = "
+            f"{counts} makes {len(counts)} experiences; set n_experiences to "
+            f"{len(counts)} or leave it out"
+        )
+    scenario["n_experiences"] = len(counts)
+
+
 def resolve_config(data: dict[str, Any]) -> RunConfig:
     """Validate a configuration dictionary and fill in every default.
 
@@ -323,9 +344,9 @@ def resolve_config(data: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"seeds = {seeds} must be distinct non-negative integers")
 
     dataset = _validate_named(DATASETS, data.get("dataset", base["dataset"]), "dataset")
-    scenario = _validate_named(
-        SCENARIOS, data.get("scenario", base["scenario"]), "scenario"
-    )
+    scenario_settings = data.get("scenario", base["scenario"])
+    scenario = _validate_named(SCENARIOS, scenario_settings, "scenario")
+    _reconcile_experiences(scenario, scenario_settings)
     model_settings = data.get("model", base["model"])
     model = _validate_named(MODELS, model_settings, "model", extra=("multi_head",))
     model["multi_head"] = check_value(
