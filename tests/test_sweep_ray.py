@@ -45,7 +45,7 @@ def sweep_data(output):
 
 def matrices(path):
     with ResultStore(path) as store:
-        return {r.run_id: (r.R, r.b, r.environment["host"]) for r in store.records()}
+        return {r.run_id: (r.R, r.b) for r in store.records()}
 
 
 def test_ray_runs_give_the_local_results(local_ray, tmp_path):
@@ -63,6 +63,8 @@ def test_ray_runs_give_the_local_results(local_ray, tmp_path):
     # the runs ran in Ray's worker processes, not in this one
     workers = {o.worker for o in report.outcomes}
     assert all(not w.endswith(f":{__import__('os').getpid()}") for w in workers)
+    with ResultStore(spec.store) as store:
+        assert {r.environment["worker"] for r in store.records()} == workers
 
 
 def test_cli_sweep_on_ray_then_skips_what_is_finished(local_ray, tmp_path, capsys):

@@ -238,3 +238,32 @@ def test_kill_9_mid_sweep_then_restart_gives_the_uninterrupted_results(tmp_path)
         redone += 1  # the experience in progress at the kill (if one was)
     workers_count = 2
     assert redone <= workers_count + sum(1 for s in at_kill.values() if not s[0])
+
+
+def test_each_record_says_where_its_run_ran(tmp_path):
+    """The environment stored with a run is the worker's, taken while the run's
+    threads were set, and a run in the driver's process gives its threads back."""
+    data = sweep_data(tmp_path / "out", seeds=(0,))
+    data["sweep"]["resources"] = {"cpus": 1}
+    spec = sweep_from_dict(data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        report = run_sweep(spec, runner=LocalRunner(2))
+        assert report.ok and torch.get_num_threads() == 2
+        with ResultStore(spec.store) as store:
+            records = store.records()
+        workers = {r.environment["worker"] for r in records}
+        assert workers == {o.worker for o in report.outcomes}
+        assert all(not w.endswith(f":{os.getpid()}") for w in workers)
+        assert {r.environment["torch_threads"] for r in records} == {"1"}
+
+        serial = sweep_from_dict({**data, "output": str(tmp_path / "serial")})
+        assert run_sweep(serial, runner=LocalRunner(1)).ok
+        assert torch.get_num_threads() == 2  # the driver's threads are back
+        with ResultStore(serial.store) as store:
+            assert {r.environment["worker"] for r in store.records()} == {
+                f"{__import__('socket').gethostname()}:{os.getpid()}"
+            }
+    finally:
+        torch.set_num_threads(threads)

@@ -102,6 +102,8 @@ class RunOutcome:
     error: str | None = None
     wall_s: float = math.nan
     worker: str = ""
+    # where the run ran (metacl.sweep.store.environment, taken in the worker)
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 class Runner(Protocol):
@@ -159,10 +161,16 @@ def execute_run(task: RunTask) -> RunOutcome:
     shows every attempt). Errors come back in the outcome, never raised, so that one
     failed run does not stop the others.
     """
+    import torch
+
     from metacl.experiment import run_single
+    from metacl.sweep.store import environment
 
     began = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    # run_single sets the run's torch threads; a run in the driver's own process
+    # (one worker) gives the driver its threads back afterwards
+    threads = torch.get_num_threads()
     directory = Path(task.directory)
     directory.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(directory / "run.log")
@@ -183,8 +191,14 @@ def execute_run(task: RunTask) -> RunOutcome:
                 dataset=_dataset(task.config.dataset),
                 directory=directory,
             )
+            where = dict(environment(), worker=worker)
         return RunOutcome(
-            task.run_id, result.to_dict(), None, time.perf_counter() - began, worker
+            task.run_id,
+            result.to_dict(),
+            None,
+            time.perf_counter() - began,
+            worker,
+            where,
         )
     except MetaclError as error:
         logger.error("run %s failed: %s", task.run_id, error)
@@ -196,6 +210,7 @@ def execute_run(task: RunTask) -> RunOutcome:
         text = f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
         return RunOutcome(task.run_id, None, text, time.perf_counter() - began, worker)
     finally:
+        torch.set_num_threads(threads)
         package_logger.removeHandler(handler)
         package_logger.setLevel(level)
         handler.close()
@@ -334,7 +349,6 @@ class RayRunner:
         cpus: CPUs per run (its torch threads).
         gpus: GPUs per run (fractions share a GPU).
         num_cpus: CPUs of a local Ray (default: all usable cores).
-        max_in_flight: Tasks submitted at a time (default: no limit).
 
     Raises:
         ConfigError: Ray is not installed (with the command that installs it).
@@ -485,6 +499,7 @@ def run_planned(
                 name=sweep,
                 directory=run.directory,
                 wall_s=outcome.wall_s,
+                run_environment=outcome.environment or None,
             )
             store.record(record, sweep=sweep, role=run.role, point=run.point)
             report.records[run.run_id] = record

@@ -268,6 +268,7 @@ def record_from_result(
     name: str = "",
     directory: str | Path | None = None,
     wall_s: float = math.nan,
+    run_environment: dict[str, str] | None = None,
 ) -> RunRecord:
     """A :class:`RunRecord` from a :class:`metacl.experiment.SeedResult` (or its dict).
 
@@ -277,8 +278,11 @@ def record_from_result(
         name: The experiment or sweep name.
         directory: The run's directory (checkpoint, result.json), if any.
         wall_s: Wall-clock seconds of the run, including data loading.
+        run_environment: Where the run ran, taken in the process that ran it
+            (default: this process's :func:`environment`).
     """
     data = result if isinstance(result, dict) else result.to_dict()
+    where = run_environment if run_environment is not None else environment()
     return RunRecord(
         run_id=data["config_hash"],
         config=json.loads(json.dumps(config, default=str)),
@@ -296,7 +300,7 @@ def record_from_result(
         wall_s=wall_s,
         directory=str(directory) if directory is not None else None,
         code_version=code_version(),
-        environment=environment(),
+        environment=dict(where),
     )
 
 
