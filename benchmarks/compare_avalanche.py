@@ -190,6 +190,81 @@ def permutations(seed: int, n: int) -> list[list[int]]:
     ]
 
 
+def bare_worker(protocol: str, seed: int, permuted_samples: int | None = None) -> dict:
+    """Naive fine-tuning as a hand-written PyTorch loop on metacl's stream: the
+    arithmetic every library must do, with no library around it (the floor of the
+    training and evaluation times)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from metacl.config import resolve_config
+    from metacl.data import load_dataset
+    from metacl.data.scenarios import build_stream
+
+    torch.set_num_threads(1)
+    config = resolve_config(metacl_config(protocol, "naive", seed, permuted_samples))
+    settings = dict(config.scenario)
+    stream = build_stream(
+        settings.pop("name"), load_dataset("fashion_mnist"), seed=seed, **settings
+    )
+    T = len(stream.experiences)
+    masks = None
+    if stream.task_ids_at_test:  # task-incremental: other tasks' outputs masked
+        masks = torch.zeros(T, 10, dtype=torch.bool)
+        for e in stream.experiences:
+            masks[e.index, list(e.classes)] = True
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 400),
+        nn.ReLU(),
+        nn.Linear(400, 400),
+        nn.ReLU(),
+        nn.Linear(400, 10),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def logits(x, task):
+        out = model(x)
+        return out if masks is None else out.masked_fill(~masks[task], -1e9)
+
+    R, train_s, eval_s = [], 0.0, 0.0
+    for i, e in enumerate(stream.experiences):
+        # one epoch of shuffled mini-batches
+        began = time.perf_counter()
+        order = torch.randperm(len(e.train_x))
+        for start in range(0, len(order), BATCH):
+            index = order[start : start + BATCH]
+            loss = F.cross_entropy(logits(e.train_x[index], i), e.train_y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        train_s += time.perf_counter() - began
+
+        # every test experience
+        began = time.perf_counter()
+        row = []
+        with torch.inference_mode():
+            for test in stream.experiences:
+                correct = 0
+                for start in range(0, len(test.test_x), EVAL_BATCH):
+                    x = test.test_x[start : start + EVAL_BATCH]
+                    y = test.test_y[start : start + EVAL_BATCH]
+                    correct += int((logits(x, test.index).argmax(1) == y).sum())
+                row.append(correct / len(test.test_x))
+        eval_s += time.perf_counter() - began
+        R.append(row)
+    return {
+        "R": R,
+        "acc": sum(R[-1]) / T,
+        "bwt": sum(R[-1][j] - R[j][j] for j in range(T - 1)) / (T - 1),
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
 def export_permuted_stream(seed: int, samples: int, path: Path) -> None:
     """Write metacl's permuted stream for ``seed`` (``samples`` training images per
     experience) as uint8 tensors, for the Avalanche side to train on."""
@@ -516,12 +591,14 @@ def drive(args: argparse.Namespace) -> None:
                 if not fits(protocol, strategy):
                     continue
                 for library in args.libraries:
+                    if library == "bare" and strategy != "naive":
+                        continue
                     samples = args.permuted_samples if protocol == "permuted" else None
                     key = (library, protocol, strategy, seed, samples)
                     if key in done:
                         continue
                     worker = ["--worker", library, protocol, strategy, str(seed)]
-                    if samples is not None and library == "metacl":
+                    if samples is not None and library in ("metacl", "bare"):
                         worker += ["--permuted-samples", str(samples)]
                     elif samples is not None:
                         stream_file = (
@@ -538,7 +615,9 @@ def drive(args: argparse.Namespace) -> None:
                         perms_file.write_text(json.dumps(permutations(seed, 10)))
                         worker += ["--perms", str(perms_file)]
                     python = (
-                        sys.executable if library == "metacl" else args.avalanche_python
+                        args.avalanche_python
+                        if library == "avalanche"
+                        else sys.executable
                     )
                     began = time.perf_counter()
                     record = _run_worker(
@@ -641,6 +720,41 @@ def report(args: argparse.Namespace) -> None:
                 f"{ae / me:.1f}x | {mm:.0f} / {am:.0f} |"
             )
 
+    # the floor: naive fine-tuning as a bare loop, beside both libraries' naive
+    floor = [
+        (protocol, samples)
+        for protocol, samples in variants
+        if any(r["library"] == "bare" and r["protocol"] == protocol for r in records)
+    ]
+    if not floor:
+        return
+    print()
+    print(
+        "| protocol (naive) | train s: bare / metacl / Avalanche | metacl / bare | "
+        "Avalanche / bare | eval s: bare / metacl / Avalanche | metacl / bare | "
+        "Avalanche / bare |"
+    )
+    print("|" + " --- |" * 7)
+    for protocol, samples in floor:
+        title = protocol if samples is None else f"{protocol} ({samples} per exp.)"
+
+        def med(lib, key, protocol=protocol, samples=samples):
+            values = [
+                r[key]
+                for r in records
+                if r["library"] == lib
+                and r["protocol"] == protocol
+                and r.get("permuted_samples") == samples
+                and r["strategy"] == "naive"
+            ]
+            return statistics.median(values) if values else math.nan
+
+        cells = []
+        for key in ("train_s", "eval_s"):
+            b, m, a = med("bare", key), med("metacl", key), med("avalanche", key)
+            cells.append(f"{b:.2f} / {m:.2f} / {a:.2f} | {m / b:.2f}x | {a / b:.2f}x")
+        print(f"| {title} | {' | '.join(cells)} |")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -651,7 +765,13 @@ def main() -> None:
         "--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--libraries", nargs="+", default=["metacl", "avalanche"])
+    parser.add_argument(
+        "--libraries",
+        nargs="+",
+        default=["metacl", "avalanche"],
+        choices=("metacl", "avalanche", "bare"),
+        help="bare: naive fine-tuning as a hand-written loop (the arithmetic floor)",
+    )
     parser.add_argument(
         "--results",
         default="compare_avalanche.jsonl",
@@ -683,6 +803,8 @@ def main() -> None:
         library, protocol, strategy, seed = args.worker
         if library == "metacl":
             out = metacl_worker(protocol, strategy, int(seed), args.permuted_samples)
+        elif library == "bare":
+            out = bare_worker(protocol, int(seed), args.permuted_samples)
         else:
             out = avalanche_worker(
                 protocol, strategy, int(seed), args.perms, args.stream
