@@ -99,3 +99,26 @@ def test_missing_config_file_is_a_clear_error(tmp_path, capsys):
 def test_report_of_a_directory_without_results_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_report_rebuilds_one_run_and_compares_two(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["run", *SMALL, "--strategies", "naive", "--out", str(a)]) == 0
+    lr = ["--set", "optimizer.lr=0.2"]
+    assert main(["run", *SMALL, "--strategies", "naive", *lr, "--out", str(b)]) == 0
+    (a / "report.md").unlink()
+    capsys.readouterr()
+
+    assert main(["report", str(a)]) == 0
+    assert str(a / "report.md") in capsys.readouterr().out
+    assert "naive" in (a / "report.md").read_text()
+
+    cmp = tmp_path / "cmp"
+    assert main(["report", str(a), str(b), "--out", str(cmp)]) == 0
+    assert str(cmp) in capsys.readouterr().out
+    text = (cmp / "report.md").read_text()
+    # both runs are in the comparison, each with its own ACC
+    for directory in (a, b):
+        acc = json.loads((directory / "summary.json").read_text())["naive"]["acc"]
+        assert f"{acc['mean']:.4f}" in text
+    assert (cmp / "report.html").is_file()

@@ -199,3 +199,57 @@ def test_sine_regression_stream_records_losses_and_forgetting():
     assert all(R[j, j] < 0.5 * result.b[j] for j in range(3))
     # ... and the earlier ones are forgotten: their loss rises afterwards
     assert result.metrics["bwt"] > 0 and result.metrics["forgetting"] > 0
+
+
+class CountingProgress:
+    """Records the batches the runner announces and reports per experience."""
+
+    def __init__(self) -> None:
+        self.announced: list[int] = []
+        self.advanced: list[int] = []
+
+    def begin(self, description: str, total: int) -> None:
+        self.announced.append(total)
+        self.advanced.append(0)
+
+    def advance(self, n: int) -> None:
+        self.advanced[-1] += n
+
+    def end(self) -> None:
+        pass
+
+
+def test_an_online_stream_is_seen_once_in_small_batches(blobs):
+    scenario = {"name": "class_incremental", "n_experiences": 5, "online": True}
+    cfg = config(
+        scenario=scenario,
+        train={"epochs": 3, "batch_size": 16, "online_batch_size": 7},
+    )
+    progress = CountingProgress()
+    result = run_single(cfg, 0, 0, dataset=blobs, progress=progress)
+    sizes = [80] * 5  # 400 training samples, 2 of 10 classes per experience
+    assert result.timings["train_samples"] == sum(sizes)  # one pass, not three
+    assert progress.announced == [math.ceil(n / 7) for n in sizes]  # batches of 7
+    assert progress.advanced == progress.announced
+    # the same stream offline: every epoch, in batches of 16
+    offline = config(scenario={**scenario, "online": False}, train=cfg.train)
+    progress = CountingProgress()
+    result = run_single(offline, 0, 0, dataset=blobs, progress=progress)
+    assert result.timings["train_samples"] == 3 * sum(sizes)
+    assert progress.announced == [3 * math.ceil(n / 16) for n in sizes]
+
+
+def test_peak_memory_is_each_runs_own(blobs):
+    """A run reports the peak of its own run, not the high-water mark its process
+    reached before it (a sweep worker, several seeds in one process)."""
+    cfg = config()
+    small = run_single(cfg, 0, 0, dataset=blobs)
+    assert small.timings["peak_rss_mb"] > 0
+    assert small.timings["train_samples_per_s"] > 0
+    assert small.timings["eval_samples_per_s"] > 0
+
+    # raise this process's high-water mark by 512 MiB, then give the memory back
+    big = torch.ones(2**27)  # 512 MiB of float32, touched
+    del big
+    again = run_single(cfg, 0, 0, dataset=blobs)
+    assert again.timings["peak_rss_mb"] < small.timings["peak_rss_mb"] + 256

@@ -158,12 +158,9 @@ def _list() -> int:
         ("models", MODELS),
         ("strategies", STRATEGIES),
     ]
-    try:
-        from metacl.meta.algorithms import META_ALGORITHMS
+    from metacl.meta.algorithms import META_ALGORITHMS
 
-        registries.append(("meta-learning algorithms", META_ALGORITHMS))
-    except ImportError:  # pragma: no cover
-        pass
+    registries.append(("meta-learning algorithms", META_ALGORITHMS))
     for title, registry in registries:
         print(f"{title}:")
         for entry in registry:

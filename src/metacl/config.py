@@ -72,6 +72,7 @@ def _train_section(
     *,
     epochs: int = 1,
     batch_size: int = 128,
+    online_batch_size: int = 10,
     eval_batch_size: int = 1000,
     threads: int | None = None,
     device: str = "cpu",
@@ -81,6 +82,8 @@ def _train_section(
     Args:
         epochs: Passes over each experience (ignored by online streams: one pass).
         batch_size: Training batch size.
+        online_batch_size: Training batch size of an online stream (``scenario.online``:
+            one pass in small batches; the MER and La-MAML protocols use 10).
         eval_batch_size: Evaluation batch size (memory only; results do not change).
         threads: torch intra-op threads; None leaves torch's default.
         device: "cpu", "cuda", "cuda:1", ...
@@ -375,7 +378,7 @@ def resolve_config(data: dict[str, Any]) -> RunConfig:
     train = _validate_section(
         _train_section, data.get("train", base.get("train")), "train"
     )
-    for key in ("epochs", "batch_size", "eval_batch_size"):
+    for key in ("epochs", "batch_size", "online_batch_size", "eval_batch_size"):
         if train[key] < 1:
             raise ConfigError(f"train.{key} = {train[key]} must be >= 1")
     if train["threads"] is not None and train["threads"] < 1:

@@ -218,14 +218,51 @@ def evaluate(
     return scores
 
 
+def _reset_peak_memory(device: str) -> bool:
+    """Start counting this run's peak memory afresh, where the OS allows it.
+
+    The peak resident memory of a process is a high-water mark: without a reset, a run
+    would report the peak of every earlier run in its process (several strategies and
+    seeds in one ``metacl run``, or a sweep worker). Linux resets it through
+    ``/proc/self/clear_refs``, to the memory resident now (data loaded before the run
+    still counts). Returns whether it could.
+    """
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_memory_mb(device: str) -> dict[str, float]:
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_mb = rss / 1024 if sys.platform != "darwin" else rss / 2**20
+    """Peak resident memory since :func:`_reset_peak_memory` (Linux ``VmHWM``), or
+    of the whole process where it cannot be reset."""
+    rss_mb = math.nan
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    rss_mb = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if math.isnan(rss_mb):
+        # ru_maxrss is in KiB on Linux, bytes on macOS
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss_mb = rss / 1024 if sys.platform != "darwin" else rss / 2**20
     out = {"peak_rss_mb": rss_mb}
     if device.startswith("cuda") and torch.cuda.is_available():
         out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def _update_peak_memory(timings: dict[str, float], device: str) -> None:
+    """Raise the peaks in ``timings`` to what this process has reached since the run
+    (or its resumption) began."""
+    for key, value in _peak_memory_mb(device).items():
+        timings[key] = max(float(timings.get(key, 0.0)), value)
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -315,13 +352,16 @@ def run_single(
                 "another output directory (--out) or delete it"
             )
 
+    _reset_peak_memory(device)
     if dataset is None:
         settings = dict(config.dataset)
         dataset = load_dataset(settings.pop("name"), **settings)
     stream, strategy = build_parts(config, strategy_index, seed, dataset)
     joint = strategy.trains_jointly
     T = len(stream)
+    # an online stream is seen once, in small batches
     epochs = 1 if stream.online else config.train["epochs"]
+    batch_size = config.train["online_batch_size" if stream.online else "batch_size"]
     has_valid = any(len(e.valid_x) for e in stream.experiences)
     eval_batch = config.train["eval_batch_size"]
 
@@ -361,7 +401,7 @@ def run_single(
         x = experience.train_x.to(device)
         y = experience.train_y.to(device)
         task = _train_tasks(stream, experience, joint).to(device)
-        n_batches = epochs * math.ceil(len(x) / config.train["batch_size"])
+        n_batches = epochs * math.ceil(len(x) / batch_size)
         if progress is not None:
             what = "all experiences" if joint else f"experience {i + 1}/{T}"
             progress.begin(f"{label} seed {seed} {what}", n_batches)
@@ -376,7 +416,7 @@ def run_single(
             y,
             task,
             epochs=epochs,
-            batch_size=config.train["batch_size"],
+            batch_size=batch_size,
             generator=generator,
             where=f"{label} seed {seed}, experience {i}",
             progress=progress,
@@ -411,7 +451,9 @@ def run_single(
             " ".join(f"{a:.4f}" for a in R[-1]),
         )
 
-        # checkpoint the finished experience
+        # checkpoint the finished experience (with the peak memory so far, which a
+        # resumed run keeps as its own)
+        _update_peak_memory(timings, device)
         if checkpoint is not None:
             _save_atomic(
                 {
@@ -429,7 +471,7 @@ def run_single(
         if stop_after is not None and stop_after <= i + 1 < T:
             return None
 
-    timings.update(_peak_memory_mb(device))
+    _update_peak_memory(timings, device)
     timings["train_samples_per_s"] = timings["train_samples"] / max(
         timings["train_s"], 1e-9
     )
