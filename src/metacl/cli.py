@@ -21,21 +21,29 @@ __all__ = ["main", "build_parser"]
 
 
 class _Bar:
-    """A tqdm progress bar per experience, as the runner's ``Progress``."""
+    """A tqdm progress bar, as the runner's ``Progress``: one per experience (batches)
+    for ``metacl run``, one over the runs for ``metacl sweep``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, unit: str = "batch", leave: bool = False) -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm
         self._bar = None
+        self._unit = unit
+        self._leave = leave
 
     def begin(self, description: str, total: int) -> None:
         self._bar = self._tqdm(
-            total=total, desc=description, unit="batch", leave=False, dynamic_ncols=True
+            total=total,
+            desc=description,
+            unit=self._unit,
+            leave=self._leave,
+            dynamic_ncols=True,
         )
 
     def advance(self, n: int) -> None:
-        self._bar.update(n)
+        if self._bar is not None:
+            self._bar.update(n)
 
     def end(self) -> None:
         if self._bar is not None:

@@ -23,30 +23,6 @@ __all__ = ["add_parser"]
 DEFAULT_STORE = Path("runs") / "results.sqlite"
 
 
-class _SweepBar:
-    """One tqdm bar over the runs of a sweep (one per phase with a search)."""
-
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self._bar = None
-
-    def begin(self, description: str, total: int) -> None:
-        self._bar = self._tqdm(
-            total=total, desc=description, unit="run", dynamic_ncols=True
-        )
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def end(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
 def add_parser(subparsers: Any) -> None:
     """Add the ``sweep`` and ``compare`` subcommands to the ``metacl`` parser."""
     sweep = subparsers.add_parser(
@@ -122,6 +98,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from metacl.cli import _Bar
     from metacl.sweep.runner import make_runner, run_sweep
     from metacl.sweep.spec import load_sweep
 
@@ -139,7 +116,9 @@ def _sweep(args: argparse.Namespace) -> int:
     )
     try:
         report = run_sweep(
-            spec, runner=runner, progress=None if args.quiet else _SweepBar()
+            spec,
+            runner=runner,
+            progress=None if args.quiet else _Bar(unit="run", leave=True),
         )
     finally:
         runner.close()
