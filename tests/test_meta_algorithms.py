@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from metacl.errors import ConfigError
+from metacl.meta import algorithms
 from metacl.meta.algorithms import ANIL, MAML, META_ALGORITHMS, MetaSGD, Reptile
 from metacl.meta.tasks import SineTasks, TaskBatch
 
@@ -159,6 +160,90 @@ def test_metasgd_learns_step_sizes_and_anil_adapts_only_the_head():
     assert anil.only == ("head",)
     with pytest.raises(ConfigError, match="head = 'classifier'"):
         ANIL(_model(), mse, head="classifier")
+
+
+def test_anil_inner_loop_changes_only_the_head(monkeypatch):
+    model = _model()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    adapted = []
+    real_adapt = algorithms.adapt
+
+    def recording_adapt(*args, **kwargs):
+        params, buffers = real_adapt(*args, **kwargs)
+        adapted.append({n: p.detach().clone() for n, p in params.items()})
+        return params, buffers
+
+    monkeypatch.setattr(algorithms, "adapt", recording_adapt)
+    ANIL(model, mse, inner_lr=0.1, inner_steps=2).meta_gradient(
+        _batch(), vectorize=False
+    )
+    assert len(adapted) == 4  # one inner loop per task
+    for params in adapted:
+        assert sorted(params) == sorted(initial)
+        for name, p in params.items():
+            if name.startswith("head."):
+                assert not torch.equal(p, initial[name]), name
+            else:
+                assert torch.equal(p, initial[name]), name
+
+
+def _anil_meta_gradient_by_hand(model, batch, *, inner_lr, steps, second_order):
+    """ANIL's meta-gradient written out: per task, ``steps`` SGD steps on the head
+    alone (the body fixed), then the query loss; the mean over tasks is
+    differentiated with respect to the initial body and head."""
+    w1, b1 = model.features[0].weight, model.features[0].bias
+    w2, b2 = model.head.weight, model.head.bias
+    start = [t.detach().clone().requires_grad_() for t in (w1, b1, w2, b2)]
+    body_w, body_b, head_w, head_b = start
+
+    def net(x, w, b):
+        return torch.tanh(x @ body_w.T + body_b) @ w.T + b
+
+    losses = []
+    for i in range(len(batch)):
+        sx, sy, qx, qy = batch.task(i)
+        w, b = head_w, head_b
+        for _ in range(steps):
+            gw, gb = torch.autograd.grad(
+                mse(net(sx, w, b), sy), (w, b), create_graph=second_order
+            )
+            w, b = w - inner_lr * gw, b - inner_lr * gb
+        losses.append(mse(net(qx, w, b), qy))
+    grads = torch.autograd.grad(torch.stack(losses).mean(), start)
+    names = ["features.0.weight", "features.0.bias", "head.weight", "head.bias"]
+    return dict(zip(names, grads, strict=True))
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_anil_meta_gradient_equals_a_hand_computation(vectorize):
+    model = _model()
+    batch = _batch()
+    _, grads = ANIL(model, mse, inner_lr=0.1, inner_steps=2).meta_gradient(
+        batch, vectorize=vectorize
+    )
+    second = _anil_meta_gradient_by_hand(
+        model, batch, inner_lr=0.1, steps=2, second_order=True
+    )
+    assert sorted(grads) == sorted(second)
+    for name in grads:
+        torch.testing.assert_close(grads[name], second[name], rtol=1e-10, atol=1e-12)
+
+    # the body gets a meta-gradient, and part of it flows through the head's
+    # adaptation (the derivative of the inner head gradients w.r.t. the body):
+    # treating those gradients as constants gives another body gradient
+    first = _anil_meta_gradient_by_hand(
+        model, batch, inner_lr=0.1, steps=2, second_order=False
+    )
+    for name in ("features.0.weight", "features.0.bias"):
+        assert float(grads[name].abs().max()) > 1e-6
+        assert not torch.allclose(grads[name], first[name], rtol=1e-6, atol=1e-9)
+    _, first_order = ANIL(
+        model, mse, inner_lr=0.1, inner_steps=2, first_order=True
+    ).meta_gradient(batch, vectorize=vectorize)
+    for name in grads:
+        torch.testing.assert_close(
+            first_order[name], first[name], rtol=1e-10, atol=1e-12
+        )
 
 
 class DataDependent(nn.Module):

@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from metacl.errors import ConfigError
-from metacl.strategies.memory import ClassBalancedMemory, ReservoirMemory, build_memory
+from metacl.strategies.memory import (
+    ClassBalancedMemory,
+    Memory,
+    ReservoirMemory,
+    build_memory,
+)
 
 
 def _stream_ids(n):
@@ -26,32 +31,56 @@ def test_reservoir_fills_then_keeps_capacity():
     assert len(kept.unique()) == 50 and int(kept.max()) < 120
 
 
-def test_reservoir_holds_a_uniform_sample_of_the_stream():
-    # 300 independent runs over a stream of 2,000 examples in batches of 64: every
-    # example should be kept with probability 100 / 2000; count inclusions per tenth
-    # of the stream and compare with a chi-square test (9 dof; 27.9 is p = 0.001)
-    n, capacity, runs = 2000, 100, 300
+class _FirstComeMemory(Memory):
+    """A biased memory: keeps the first examples offered and ignores the rest."""
+
+    def add(self, x, y, task, logits=None):
+        free = min(self.capacity - self.size, len(x))
+        if free > 0:
+            slots = torch.arange(self.size, self.size + free)
+            self._write(slots, x[:free], y[:free], task[:free], None)
+            self.size += free
+        self.seen += len(x)
+
+
+def _inclusion_chi2(make_memory, *, n=2000, capacity=100, runs=300):
+    """Chi-square statistic of where a memory's contents come from in the stream.
+
+    ``runs`` independent memories see a stream of ``n`` examples in batches of 64;
+    every example should end up in a memory with probability ``capacity / n``, so the
+    inclusions counted per tenth of the stream should be equal (9 degrees of freedom;
+    27.9 is p = 0.001).
+    """
     x, y, t = _stream_ids(n)
     per_tenth = torch.zeros(10)
     for run in range(runs):
-        memory = ReservoirMemory(capacity, (1,), seed=run)
+        memory = make_memory(capacity, run)
         for start in range(0, n, 64):
             memory.add(
                 x[start : start + 64], y[start : start + 64], t[start : start + 64]
             )
         ids = memory.x[:, 0].long()
-        assert len(ids.unique()) == capacity
+        assert len(memory) == capacity and len(ids.unique()) == capacity
         per_tenth += torch.bincount(ids // (n // 10), minlength=10).float()
     expected = runs * capacity / 10
-    chi2 = float(((per_tenth - expected) ** 2 / expected).sum())
+    return float(((per_tenth - expected) ** 2 / expected).sum()), per_tenth
+
+
+def test_reservoir_holds_a_uniform_sample_of_the_stream():
+    chi2, per_tenth = _inclusion_chi2(
+        lambda capacity, run: ReservoirMemory(capacity, (1,), seed=run)
+    )
     assert chi2 < 27.9, (per_tenth.tolist(), chi2)
 
 
-def test_reservoir_keeping_only_the_first_examples_would_fail_the_same_test():
-    # the test above has power: a memory that keeps the first examples is far off
-    per_tenth = torch.bincount(torch.arange(100) // 200, minlength=10).float() * 300
-    expected = 300 * 100 / 10
-    assert float(((per_tenth - expected) ** 2 / expected).sum()) > 1000
+def test_a_memory_keeping_the_first_examples_fails_the_uniformity_test():
+    # the statistic has power: a full memory of distinct examples, all from the
+    # start of the stream, is rejected by the same test the reservoir passes
+    chi2, per_tenth = _inclusion_chi2(
+        lambda capacity, run: _FirstComeMemory(capacity, (1,), seed=run)
+    )
+    assert per_tenth[1:].sum() == 0
+    assert chi2 > 27.9, (per_tenth.tolist(), chi2)
 
 
 def test_class_balanced_memory_is_equal_per_class():

@@ -10,7 +10,15 @@ from metacl.data.scenarios import build_stream
 from metacl.errors import ConfigError, ScenarioError
 from metacl.experiment import run_single
 from metacl.models import MultiHead, build_model
-from metacl.strategies import EWC, SI, LwF, OnlineEWC, OptimizerSpec, build_strategy
+from metacl.strategies import (
+    EWC,
+    SI,
+    LwF,
+    OnlineEWC,
+    OptimizerSpec,
+    build_strategy,
+    regularization,
+)
 
 
 def _setup(blobs, name, scenario="class_incremental", multi_head=False, **settings):
@@ -249,3 +257,117 @@ def test_ewc_beats_naive_on_permuted_digits():
         accs[strategy["name"]] = run_single(cfg, 0, 0, dataset=digits).metrics
     assert accs["ewc"]["acc"] > accs["naive"]["acc"] + 0.02, accs
     assert accs["ewc"]["bwt"] > accs["naive"]["bwt"], accs
+
+
+def _fisher_by_hand(model, x, y):
+    """Mean over samples of each sample's squared log-likelihood gradient."""
+    params = list(model.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(len(x)):
+        loss = nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+        for t, g in zip(total, torch.autograd.grad(loss, params), strict=True):
+            t += g**2
+    names = [n for n, _ in model.named_parameters()]
+    return {n: t / len(x) for n, t in zip(names, total, strict=True)}
+
+
+@pytest.mark.parametrize(("samples", "expected"), [(20, 20), (None, 80), (500, 80)])
+def test_ewc_fisher_uses_fisher_samples_examples_of_the_experience(
+    blobs, monkeypatch, samples, expected
+):
+    stream, ewc = _setup(blobs, "ewc", fisher_samples=samples)
+    e = stream.experiences[0]
+    assert len(e.train_x) == 80
+    seen = []
+    real = regularization.fisher_diagonal
+
+    def recording(logits_fn, params, x, y, task, **kw):
+        seen.append((x.clone(), y.clone()))
+        return real(logits_fn, params, x, y, task, **kw)
+
+    monkeypatch.setattr(regularization, "fisher_diagonal", recording)
+    torch.manual_seed(0)
+    ewc.end_experience(e)
+
+    # the Fisher saw `expected` distinct examples of the experience, with their labels
+    ((x, y),) = seen
+    assert len(x) == len(y) == expected
+    match = (x.flatten(1)[:, None] == e.train_x.flatten(1)[None]).all(-1)
+    assert (match.sum(1) == 1).all()
+    rows = match.int().argmax(1)
+    assert len(rows.unique()) == expected
+    assert torch.equal(y, e.train_y[rows])
+    if samples == 20:
+        # a random subset, not the first examples
+        assert not torch.equal(rows.sort().values, torch.arange(20))
+
+    # and the stored Fisher is the one of exactly those examples
+    by_hand = _fisher_by_hand(ewc.model, x, y)
+    assert sorted(ewc.importance) == sorted(by_hand)
+    for name, f in by_hand.items():
+        torch.testing.assert_close(ewc.importance[name], f)
+
+
+def _two_group_classifier(n):
+    """A linear classifier and ``n`` inputs in two groups with known predictions.
+
+    Inputs of group A are the first basis vector, inputs of group B the second; the
+    model predicts classes 0, 1 and 2 with probabilities ``p_a`` for group A, classes
+    2 and 3 with ``p_b`` for group B, and never any other class (their probability
+    underflows to exactly 0).
+    """
+    p_a = torch.tensor([0.6, 0.3, 0.1] + [0.0] * 7)
+    p_b = torch.tensor([0.0, 0.0, 0.5, 0.5] + [0.0] * 6)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+        model[1].weight[:, 0] = torch.where(p_a > 0, p_a.log(), -200.0)
+        model[1].weight[:, 1] = torch.where(p_b > 0, p_b.log(), -200.0)
+    x = torch.zeros(n, 16)
+    x[: n // 2, 0] = 1.0  # group A
+    x[n // 2 :, 1] = 1.0  # group B
+    return model, x.reshape(n, 1, 4, 4), p_a, p_b
+
+
+@pytest.mark.parametrize("kind", ["true", "empirical"])
+def test_ewc_true_fisher_draws_labels_from_the_model(blobs, kind):
+    # the experience's labels are all class 9, which the model never predicts: the
+    # true Fisher must not see them, the empirical one must
+    n = 2000
+    model, x, p_a, p_b = _two_group_classifier(n)
+    stream = build_stream("class_incremental", blobs, seed=0)
+    experience = dataclasses.replace(
+        stream.experiences[0], train_x=x, train_y=torch.full((n,), 9)
+    )
+    ewc = EWC(model, stream, OptimizerSpec(), fisher=kind)
+    torch.manual_seed(0)
+    ewc.end_experience(experience)
+    weight, bias = ewc.importance["1.weight"], ewc.importance["1.bias"]
+
+    # per sample, d log p(y|x) / d logits = onehot(y) - p(x), and the weight's
+    # gradient is that times the input, which is 1 in the sample's group column
+    if kind == "empirical":
+        onehot = torch.eye(10)[9]
+        expected_a = (onehot - p_a) ** 2 / 2  # half the samples are in group A
+        expected_b = (onehot - p_b) ** 2 / 2
+        torch.testing.assert_close(weight[:, 0], expected_a)
+        torch.testing.assert_close(weight[:, 1], expected_b)
+        torch.testing.assert_close(bias, expected_a + expected_b)
+        assert float(bias[9]) == pytest.approx(1.0)
+    else:
+        # a label drawn from the model is never 9, nor a class of the other group:
+        # these entries are exactly zero
+        assert float(bias[9]) == 0.0
+        assert (weight[p_a == 0, 0] == 0).all() and (weight[p_b == 0, 1] == 0).all()
+        # the expectation over y ~ p of (onehot(y) - p)^2 is p (1 - p); each entry's
+        # standard error is at most 0.25 / sqrt(n / 2) = 0.008 (0.011 for the bias)
+        expected_a = p_a * (1 - p_a) / 2
+        expected_b = p_b * (1 - p_b) / 2
+        torch.testing.assert_close(weight[:, 0], expected_a, atol=0.03, rtol=0)
+        torch.testing.assert_close(weight[:, 1], expected_b, atol=0.03, rtol=0)
+        torch.testing.assert_close(bias, expected_a + expected_b, atol=0.03, rtol=0)
+        # labels drawn as the arg max (0 in group A) would give (1 - 0.6)^2 / 2
+        # = 0.08 at weight[0, 0] instead of 0.12
+        assert float(weight[0, 0]) > 0.1
+    assert (weight[:, 2:] == 0).all()  # those inputs are always 0

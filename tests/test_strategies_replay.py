@@ -186,3 +186,131 @@ def test_replay_and_derpp_beat_naive_on_class_incremental_digits():
         metrics[strategy["name"]] = run_single(cfg, 0, 0, dataset=digits).metrics
     assert metrics["replay"]["acc"] > metrics["naive"]["acc"] + 0.1, metrics
     assert metrics["derpp"]["acc"] > metrics["naive"]["acc"] + 0.05, metrics
+
+
+def _memory_state(memory):
+    return {
+        k: (v.clone() if torch.is_tensor(v) else v)
+        for k, v in memory.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize("scenario", ["class_incremental", "task_incremental"])
+def test_derpp_step_follows_the_gradient_of_its_three_terms(blobs, scenario):
+    # Buzzega et al. 2020, "Dark Experience for General Continual Learning: a Strong,
+    # Simple Baseline", eq. 6: CE on the batch + alpha * MSE between the current and
+    # the stored logits on one memory batch + beta * CE on a second memory batch
+    alpha, beta = 0.3, 0.7
+    stream, der = _setup(
+        blobs,
+        "derpp",
+        scenario=scenario,
+        memory_size=40,
+        replay_batch_size=6,
+        alpha=alpha,
+        beta=beta,
+    )
+    # fill the memory from two experiences, with logits from several model states
+    for e in stream.experiences[:2]:
+        for start in range(0, 32, 8):
+            x, y = e.train_x[start : start + 8], e.train_y[start : start + 8]
+            der.observe(x, y, e.task_ids(8))
+    assert len(der.memory) == 40
+    assert set(der.memory.task.tolist()) == {0, 1}
+
+    e = stream.experiences[2]
+    x, y, task = e.train_x[:8], e.train_y[:8], e.task_ids(8)
+    reference = copy.deepcopy(der.model)
+    state = _memory_state(der.memory)
+    der.observe(x, y, task)
+
+    # the same memory draws, in the same order: the logit batch, then the label batch
+    der.memory.load_state_dict(state)
+    first = der.memory.sample(6)
+    second = der.memory.sample(6)
+    assert not torch.equal(first.x, second.x)
+
+    # the task mask, built from the experiences' classes (task-incremental only)
+    mask = torch.ones(len(stream), 10, dtype=torch.bool)
+    if scenario == "task_incremental":
+        mask[:] = False
+        for other in stream.experiences:
+            mask[other.task_id, list(other.classes)] = True
+
+    def masked(out, t):
+        return out.masked_fill(~mask[t], float("-inf"))
+
+    ce = torch.nn.functional.cross_entropy
+    loss = (
+        ce(masked(reference(x), task), y)
+        + alpha * torch.nn.functional.mse_loss(reference(first.x), first.logits)
+        + beta * ce(masked(reference(second.x), second.task), second.y)
+    )
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    for (name, p), g in zip(reference.named_parameters(), grads, strict=True):
+        torch.testing.assert_close(der.model.state_dict()[name], p - 0.1 * g)
+
+    # the logits matched are those stored, not the current model's: the term matters
+    assert not torch.allclose(reference(first.x), first.logits, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"name": "replay", "memory_size": 50, "replay_batch_size": 8},
+        {"name": "agem", "memory_size": 50, "replay_batch_size": 8},
+        {"name": "derpp", "memory_size": 50, "replay_batch_size": 8},
+    ],
+)
+def test_online_stream_is_seen_once_in_small_batches(blobs, monkeypatch, strategy):
+    cls = {"replay": Replay, "agem": AGEM, "derpp": DERpp}[strategy["name"]]
+    batches: list[list[torch.Tensor]] = []
+    held = {}
+    real_begin, real_observe = cls.begin_experience, cls.observe
+
+    def begin_experience(self, experience):
+        batches.append([])
+        return real_begin(self, experience)
+
+    def observe(self, x, y, task):
+        batches[-1].append(x.clone())
+        held["strategy"] = self
+        return real_observe(self, x, y, task)
+
+    monkeypatch.setattr(cls, "begin_experience", begin_experience)
+    monkeypatch.setattr(cls, "observe", observe)
+    cfg = resolve_config(
+        {
+            "seeds": [0],
+            "scenario": {
+                "name": "class_incremental",
+                "n_experiences": 5,
+                "online": True,
+            },
+            "model": {"name": "mlp", "hidden": [16]},
+            "strategy": strategy,
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            # epochs and batch_size are for offline streams: an online one ignores them
+            "train": {"epochs": 3, "batch_size": 32, "online_batch_size": 10},
+        }
+    )
+    result = run_single(cfg, 0, 0, dataset=blobs)
+
+    # every training example of each experience once, in batches of 10
+    stream = build_stream("class_incremental", blobs, seed=0, online=True)
+    assert stream.online and len(batches) == len(stream) == 5
+    for seen, e in zip(batches, stream.experiences, strict=True):
+        assert [len(b) for b in seen] == [10] * (len(e.train_x) // 10)
+        x = torch.cat(seen).flatten(1)
+        match = (x[:, None] == e.train_x.flatten(1)[None]).all(-1)
+        assert (match.sum(1) == 1).all()
+        assert sorted(match.int().argmax(1).tolist()) == list(range(len(e.train_x)))
+    assert result.timings["train_samples"] == sum(
+        len(e.train_x) for e in stream.experiences
+    )
+
+    # the memory was filled, and every experience was evaluated after every other
+    assert len(held["strategy"].memory) == 50
+    assert set(held["strategy"].memory.task.tolist()) == set(range(5))
+    assert len(result.R) == 5 and all(len(row) == 5 for row in result.R)
+    assert all(0.0 <= a <= 1.0 for row in result.R for a in row)
