@@ -38,9 +38,12 @@ differently, the conversion is stated):
   clipped at 0.001) is metacl ``strength = S/2, max_importance = 0.001``; S = 100,
   damping ``eps = xi = 1e-3``.
 - LwF: alpha 1, temperature 2.
-- Replay: memory 1000, replay batch 32, reservoir policy (Avalanche's
-  ``ReservoirSamplingBuffer`` updates at the end of each experience, metacl's after
-  every batch).
+- Replay: memory 1000, replay batch 32, reservoir policy. Avalanche's
+  ``ReservoirSamplingBuffer`` (and its DER's buffer) is filled at the end of each
+  experience; metacl fills its memory after every batch, as the ER and DER++ papers
+  do, unless ``update="experience"``. ``--memory-update`` picks metacl's policy
+  (default ``experience``, Avalanche's); each record says which, and the report
+  shows the two policies as separate rows.
 - A-GEM: 200 patterns per experience (metacl: ``memory_size = 200 * T``), reference
   batch 256.
 - DER++: memory 1000, replay batch 32, alpha 0.1, beta 0.5.
@@ -104,7 +107,9 @@ def fits(protocol: str, strategy: str) -> bool:
 # the metacl side (runs in metacl's venv)
 
 
-def metacl_settings(protocol: str, strategy: str) -> dict:
+def metacl_settings(
+    protocol: str, strategy: str, memory_update: str = "experience"
+) -> dict:
     lam = ewc_lambda_avalanche(protocol)
     return {
         "naive": {},
@@ -112,7 +117,11 @@ def metacl_settings(protocol: str, strategy: str) -> dict:
         "online_ewc": {"lambda_": 2 * lam, "gamma": 0.9, "fisher_batch_size": BATCH},
         "si": {"strength": 50.0, "xi": 1e-3, "max_importance": 1e-3},
         "lwf": {"alpha": 1.0, "temperature": 2.0},
-        "replay": {"memory_size": MEMORY, "replay_batch_size": REPLAY_BATCH},
+        "replay": {
+            "memory_size": MEMORY,
+            "replay_batch_size": REPLAY_BATCH,
+            "update": memory_update,
+        },
         "agem": {
             "memory_size": AGEM_PER_EXP * n_experiences(protocol),
             "replay_batch_size": AGEM_SAMPLE,
@@ -122,13 +131,18 @@ def metacl_settings(protocol: str, strategy: str) -> dict:
             "replay_batch_size": REPLAY_BATCH,
             "alpha": 0.1,
             "beta": 0.5,
+            "update": memory_update,
         },
         "pnn": {},
     }[strategy]
 
 
 def metacl_config(
-    protocol: str, strategy: str, seed: int, permuted_samples: int | None = None
+    protocol: str,
+    strategy: str,
+    seed: int,
+    permuted_samples: int | None = None,
+    memory_update: str = "experience",
 ) -> dict:
     scenario = {
         "split_ci": {"name": "class_incremental", "n_experiences": 5},
@@ -144,7 +158,10 @@ def metacl_config(
         "dataset": {"name": "fashion_mnist"},
         "scenario": scenario,
         "model": {"name": "mlp", "hidden": [400, 400]},
-        "strategy": {"name": strategy, **metacl_settings(protocol, strategy)},
+        "strategy": {
+            "name": strategy,
+            **metacl_settings(protocol, strategy, memory_update),
+        },
         "optimizer": {"name": "sgd", "lr": LR},
         "train": {
             "epochs": 1,
@@ -156,7 +173,11 @@ def metacl_config(
 
 
 def metacl_worker(
-    protocol: str, strategy: str, seed: int, permuted_samples: int | None = None
+    protocol: str,
+    strategy: str,
+    seed: int,
+    permuted_samples: int | None = None,
+    memory_update: str = "experience",
 ) -> dict:
     import torch
 
@@ -164,7 +185,9 @@ def metacl_worker(
     from metacl.experiment import run_single
 
     torch.set_num_threads(1)
-    config = resolve_config(metacl_config(protocol, strategy, seed, permuted_samples))
+    config = resolve_config(
+        metacl_config(protocol, strategy, seed, permuted_samples, memory_update)
+    )
     result = run_single(config, 0, seed)
     T = len(result.R)
     return {
@@ -456,7 +479,9 @@ def avalanche_worker(
         def forward_single_task(self, x, task_label):
             return self.net(x).masked_fill(~self.mask[int(task_label)], -1e9)
 
-        def forward(self, x, task_labels):
+        def forward(self, x, task_labels="raw"):
+            if isinstance(task_labels, str):  # DER's stored logits: unmasked, as metacl
+                return self.net(x)
             if task_labels is None:  # every known task's outputs (LwF)
                 return self.forward_all_tasks(x)
             if isinstance(task_labels, int):
@@ -550,6 +575,14 @@ def _peak_rss_mb() -> float:
 # the driver (metacl's venv)
 
 
+def update_of(record: dict) -> str | None:
+    """metacl's memory update policy of a replay or DER++ record (older records,
+    written before the option, used the per-batch update)."""
+    if record["library"] == "metacl" and record["strategy"] in ("replay", "derpp"):
+        return record.get("memory_update", "batch")
+    return None
+
+
 def _load(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -575,6 +608,7 @@ def drive(args: argparse.Namespace) -> None:
             r["strategy"],
             r["seed"],
             r.get("permuted_samples"),
+            update_of(r),
         )
         for r in _load(results)
     }
@@ -594,10 +628,19 @@ def drive(args: argparse.Namespace) -> None:
                     if library == "bare" and strategy != "naive":
                         continue
                     samples = args.permuted_samples if protocol == "permuted" else None
-                    key = (library, protocol, strategy, seed, samples)
+                    update = update_of(
+                        {
+                            "library": library,
+                            "strategy": strategy,
+                            "memory_update": args.memory_update,
+                        }
+                    )
+                    key = (library, protocol, strategy, seed, samples, update)
                     if key in done:
                         continue
                     worker = ["--worker", library, protocol, strategy, str(seed)]
+                    if update is not None:
+                        worker += ["--memory-update", update]
                     if samples is not None and library in ("metacl", "bare"):
                         worker += ["--permuted-samples", str(samples)]
                     elif samples is not None:
@@ -632,6 +675,7 @@ def drive(args: argparse.Namespace) -> None:
                         strategy=strategy,
                         seed=seed,
                         permuted_samples=samples,
+                        memory_update=update,
                     )
                     with open(results, "a") as f:
                         f.write(json.dumps(record) + "\n")
@@ -681,7 +725,13 @@ def report(args: argparse.Namespace) -> None:
     )
     for protocol, samples in variants:
         title = protocol if samples is None else f"{protocol} ({samples} per exp.)"
-        for strategy in STRATEGIES:
+        for strategy, update in [
+            (name, u)
+            for name in STRATEGIES
+            for u in sorted(
+                {update_of(r) for r in records if r["strategy"] == name}, key=str
+            )
+        ]:
             rows = {
                 lib: [
                     r
@@ -690,9 +740,11 @@ def report(args: argparse.Namespace) -> None:
                     and r["protocol"] == protocol
                     and r.get("permuted_samples") == samples
                     and r["strategy"] == strategy
+                    and (lib == "avalanche" or update_of(r) == update)
                 ]
                 for lib in ("metacl", "avalanche")
             }
+            label = strategy if update is None else f"{strategy} (update={update})"
             seeds = sorted(
                 {r["seed"] for r in rows["metacl"]}
                 & {r["seed"] for r in rows["avalanche"]}
@@ -714,7 +766,7 @@ def report(args: argparse.Namespace) -> None:
             me, ae = med("metacl", "eval_s"), med("avalanche", "eval_s")
             mm, am = med("metacl", "peak_rss_mb"), med("avalanche", "peak_rss_mb")
             print(
-                f"| {title} | {strategy} | {len(seeds)} | {ma:.3f} ± {mh:.3f} | "
+                f"| {title} | {label} | {len(seeds)} | {ma:.3f} ± {mh:.3f} | "
                 f"{aa:.3f} ± {ah:.3f} | {mb:+.3f} ± {mbh:.3f} | {ab:+.3f} ± {abh:.3f} | "
                 f"{goal} | {mt:.1f} / {at:.1f} | {at / mt:.1f}x | {me:.2f} / {ae:.2f} | "
                 f"{ae / me:.1f}x | {mm:.0f} / {am:.0f} |"
@@ -793,6 +845,13 @@ def main() -> None:
     parser.add_argument("--perms")
     parser.add_argument("--stream")
     parser.add_argument(
+        "--memory-update",
+        choices=("batch", "experience"),
+        default="experience",
+        help="when metacl's replay and DER++ fill their memory (default: at the end "
+        "of each experience, as Avalanche does)",
+    )
+    parser.add_argument(
         "--permuted-samples",
         type=int,
         help="training images per permuted experience (default: all 60,000)",
@@ -802,7 +861,13 @@ def main() -> None:
     if args.worker:
         library, protocol, strategy, seed = args.worker
         if library == "metacl":
-            out = metacl_worker(protocol, strategy, int(seed), args.permuted_samples)
+            out = metacl_worker(
+                protocol,
+                strategy,
+                int(seed),
+                args.permuted_samples,
+                args.memory_update,
+            )
         elif library == "bare":
             out = bare_worker(protocol, int(seed), args.permuted_samples)
         else:

@@ -314,3 +314,41 @@ def test_online_stream_is_seen_once_in_small_batches(blobs, monkeypatch, strateg
     assert set(held["strategy"].memory.task.tolist()) == set(range(5))
     assert len(result.R) == 5 and all(len(row) == 5 for row in result.R)
     assert all(0.0 <= a <= 1.0 for row in result.R for a in row)
+
+
+@pytest.mark.parametrize("name", ["replay", "derpp"])
+def test_update_per_experience_replays_only_past_experiences(blobs, name):
+    """With update='experience' the memory stays empty during the first experience
+    and holds only earlier experiences' examples while a later one trains; with the
+    default it takes each batch right after its step."""
+    stream = build_stream("class_incremental", blobs, seed=0, n_experiences=5)
+    model = build_model("mlp", stream.input_shape, 10, hidden=[8])
+    per_experience = build_strategy(
+        name, model, stream, OptimizerSpec(lr=0.05), memory_size=60, update="experience"
+    )
+    first, second = stream.experiences[:2]
+    per_experience.begin_experience(first)
+    per_experience.observe(first.train_x[:16], first.train_y[:16], first.task_ids(16))
+    assert len(per_experience.memory) == 0
+    per_experience.end_experience(first)
+    assert len(per_experience.memory) == 60
+    per_experience.begin_experience(second)
+    per_experience.observe(
+        second.train_x[:16], second.train_y[:16], second.task_ids(16)
+    )
+    held = set(per_experience.memory.y[: len(per_experience.memory)].tolist())
+    assert held <= set(first.classes)
+    if name == "derpp":  # the logits of the model at the end of the experience
+        stored = per_experience.memory.logits[:60]
+        assert torch.isfinite(stored).all() and stored.abs().sum() > 0
+
+    by_batch = build_strategy(
+        name, build_model("mlp", stream.input_shape, 10, hidden=[8]), stream,
+        OptimizerSpec(lr=0.05), memory_size=60,
+    )  # fmt: skip
+    by_batch.begin_experience(first)
+    by_batch.observe(first.train_x[:16], first.train_y[:16], first.task_ids(16))
+    assert len(by_batch.memory) == 16
+
+    with pytest.raises(ConfigError, match="update = 'epoch' is invalid"):
+        build_strategy(name, model, stream, OptimizerSpec(lr=0.05), update="epoch")

@@ -4,6 +4,18 @@ Every strategy here keeps a :mod:`metacl.strategies.memory` memory of preallocat
 tensors; drawing a replay batch indexes it, so the time per batch stays flat however
 many experiences have passed. All of them work in the online (single-pass) setting:
 the reservoir and class-balanced memories are filled batch by batch.
+
+Note [when the memory is filled]
+    ER (Chaudhry et al. 2019) and DER++ (Buzzega et al. 2020) offer every training
+    batch to the memory right after its step (``update="batch"``, the default), so
+    that during an experience the replayed examples include some of that experience.
+    ``update="experience"`` offers the experience's training data at its end instead
+    (A-GEM always does, as its paper does): while an experience trains, the memory
+    holds past experiences only, and DER++ stores the logits of the model as it is
+    at the end of the experience. This is how Avalanche's replay plugin and its DER
+    fill their buffers; in class-incremental streams it protects old classes more,
+    since every replayed example is an old one. It needs to know where an experience
+    ends, which a task-free online stream does not tell.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from metacl.strategies.penalties import agem_project
 __all__ = ["Replay", "AGEM", "DERpp"]
 
 MemoryPolicy = Literal["reservoir", "class_balanced"]
+MemoryUpdate = Literal["batch", "experience"]
 
 
 class _MemoryStrategy(Strategy):
@@ -91,6 +104,9 @@ class Replay(_MemoryStrategy):
         replay_batch_size: Examples replayed with each batch.
         memory: ``"reservoir"`` (a uniform sample of everything seen) or
             ``"class_balanced"`` (equal slots per class seen).
+        update: ``"batch"`` (each batch after its step, as in the paper) or
+            ``"experience"`` (each experience at its end); see Note [when the memory
+            is filled].
 
     References:
         Chaudhry et al., "On Tiny Episodic Memories in Continual Learning", 2019.
@@ -106,6 +122,7 @@ class Replay(_MemoryStrategy):
         memory_size: int = 500,
         replay_batch_size: int = 64,
         memory: MemoryPolicy = "reservoir",
+        update: MemoryUpdate = "batch",
     ) -> None:
         super().__init__(
             model,
@@ -115,6 +132,7 @@ class Replay(_MemoryStrategy):
             replay_batch_size=replay_batch_size,
             memory=memory,
         )
+        self.update = _check_update(update)
 
     def observe(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
         xs, ys, ts = x, y, task
@@ -127,8 +145,44 @@ class Replay(_MemoryStrategy):
         loss = self.criterion(self.forward(xs, ts), ys)
         loss.backward()
         self.optimizer.step()
-        self.memory.add(x, y, task)
+        if self.update == "batch":
+            self.memory.add(x, y, task)
         return loss.detach()
+
+    def end_experience(self, experience: Experience) -> None:
+        if self.update == "experience":
+            _add_experience(self, experience)
+
+
+def _check_update(update: str) -> str:
+    if update not in ("batch", "experience"):
+        raise ConfigError(
+            f"update = {update!r} is invalid; expected 'batch' (each batch after its "
+            "step) or 'experience' (each experience at its end)"
+        )
+    return update
+
+
+def _add_experience(strategy: _MemoryStrategy, experience: Experience) -> None:
+    """Offer an experience's training data to the memory, with the model's raw
+    outputs on it when the memory keeps logits."""
+    device = strategy.memory.x.device
+    x = experience.train_x.to(device)
+    y = experience.train_y.to(device)
+    task = experience.task_ids(len(x)).to(device)
+    logits = None
+    if strategy.store_logits:
+        was_training = strategy.model.training
+        strategy.model.eval()
+        with torch.inference_mode():
+            logits = torch.cat(
+                [
+                    raw_outputs(strategy, x[i : i + 1000], task[i : i + 1000])
+                    for i in range(0, len(x), 1000)
+                ]
+            )
+        strategy.model.train(was_training)
+    strategy.memory.add(x, y, task, logits=logits)
 
 
 def _flat_grad(params: list[nn.Parameter]) -> Tensor:
@@ -210,11 +264,7 @@ class AGEM(_MemoryStrategy):
         return loss.detach()
 
     def end_experience(self, experience: Experience) -> None:
-        device = self.memory.x.device
-        x = experience.train_x.to(device)
-        self.memory.add(
-            x, experience.train_y.to(device), experience.task_ids(len(x)).to(device)
-        )
+        _add_experience(self, experience)
 
 
 @register_strategy("derpp", summary="dark experience replay++ (Buzzega et al. 2020)")
@@ -233,6 +283,8 @@ class DERpp(_MemoryStrategy):
         alpha: Weight of the logit-matching term.
         beta: Weight of the label term (DER++; 0 gives DER).
         memory: As :class:`Replay` (the paper uses the reservoir).
+        update: As :class:`Replay`; with ``"experience"`` the stored logits are the
+            end-of-experience model's.
 
     References:
         Buzzega, Boschini, Porrello, Abati & Calderara, "Dark Experience for General
@@ -252,6 +304,7 @@ class DERpp(_MemoryStrategy):
         alpha: float = 0.1,
         beta: float = 0.5,
         memory: MemoryPolicy = "reservoir",
+        update: MemoryUpdate = "batch",
     ) -> None:
         if alpha < 0 or beta < 0:
             raise ConfigError(f"alpha = {alpha} and beta = {beta} must be >= 0")
@@ -265,6 +318,7 @@ class DERpp(_MemoryStrategy):
         )
         self.alpha = alpha
         self.beta = beta
+        self.update = _check_update(update)
 
     def observe(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -281,5 +335,10 @@ class DERpp(_MemoryStrategy):
                 loss = loss + self.beta * self.criterion(out, second.y)
         loss.backward()
         self.optimizer.step()
-        self.memory.add(x, y, task, logits=raw.detach())
+        if self.update == "batch":
+            self.memory.add(x, y, task, logits=raw.detach())
         return loss.detach()
+
+    def end_experience(self, experience: Experience) -> None:
+        if self.update == "experience":
+            _add_experience(self, experience)
