@@ -28,6 +28,7 @@ then finds the run finished.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import json
@@ -250,8 +251,24 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="metacl-parent-watch", daemon=True).start()
 
 
+def _exit_now() -> None:
+    """End a worker the pool has released without tearing down its interpreter.
+
+    A process that has imported torch takes about a second to finalise its modules;
+    a worker has nothing left to write by then (every run's files are closed, and its
+    results were sent to the driver before the pool let it go), so it flushes the
+    logs and standard streams and leaves. Registered last, this runs first at exit.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def _worker_init(parent: int) -> None:
     _die_with_parent(parent)
+    atexit.register(_exit_now)
 
 
 class LocalRunner:
