@@ -82,12 +82,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     how = parser.add_argument_group("how")
     how.add_argument("--algorithm", help="maml, fomaml, reptile, metasgd or anil")
     how.add_argument("--inner-lr", type=float, help="inner step size alpha")
-    how.add_argument("--inner-steps", type=int, help="inner steps per task")
+    how.add_argument(
+        "--inner-steps",
+        type=int,
+        help="inner steps per task; second order keeps every step's graph, so its "
+        "memory grows linearly with this",
+    )
     how.add_argument(
         "--first-order",
         action="store_true",
         default=None,
-        help="drop second-order terms (maml, metasgd, anil)",
+        help="drop second-order terms (maml, metasgd, anil): no Hessian-vector "
+        "products, one step's graph in memory",
     )
     how.add_argument("--model", help="registered model (default: by task family)")
     how.add_argument("--iterations", type=int, help="meta-iterations")
