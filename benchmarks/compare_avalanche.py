@@ -537,6 +537,11 @@ def avalanche_worker(
 
     R, train_s, eval_s = [], 0.0, 0.0
     for i, experience in enumerate(benchmark.train_stream):
+        # Avalanche 0.6.0's multi-head classifier (inside its PNN) indexes a tensor
+        # with this set of classes, which torch refuses: hand it a list
+        experience.classes_in_this_experience = sorted(
+            experience.classes_in_this_experience
+        )
         # Avalanche's evaluation draws from the global generator: seed each phase
         torch.manual_seed(seed * 1000 + i)
         began = time.perf_counter()
