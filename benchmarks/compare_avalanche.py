@@ -668,12 +668,19 @@ def drive(args: argparse.Namespace) -> None:
                         else sys.executable
                     )
                     began = time.perf_counter()
-                    record = _run_worker(
-                        python,
-                        worker,
-                        avalanche_env if library == "avalanche" else env,
-                        args.timeout,
-                    )
+                    try:
+                        record = _run_worker(
+                            python,
+                            worker,
+                            avalanche_env if library == "avalanche" else env,
+                            args.timeout,
+                        )
+                    except (RuntimeError, subprocess.TimeoutExpired) as error:
+                        # one library failing one run does not stop the grid; the
+                        # report leaves out what lacks either side
+                        print(f"FAILED {library} {protocol} {strategy} seed {seed}:")
+                        print(str(error)[-2000:], flush=True)
+                        continue
                     record.update(
                         library=library,
                         protocol=protocol,
