@@ -337,7 +337,7 @@ def measure_replay_flatness(strategies: list[str]) -> dict:
     for name in strategies:
         torch.manual_seed(0)
         model = build_model("mlp", stream.input_shape, 10, hidden=[400, 400])
-        settings = metacl_settings("split_ci", name)
+        settings = metacl_settings("split_ci", name, "batch")
         strategy = build_strategy(name, model, stream, OptimizerSpec(lr=LR), **settings)
         per_experience = []
         for e in stream.experiences:
