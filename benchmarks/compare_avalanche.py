@@ -788,7 +788,12 @@ def report(args: argparse.Namespace) -> None:
     floor = [
         (protocol, samples)
         for protocol, samples in variants
-        if any(r["library"] == "bare" and r["protocol"] == protocol for r in records)
+        if any(
+            r["library"] == "bare"
+            and r["protocol"] == protocol
+            and r.get("permuted_samples") == samples
+            for r in records
+        )
     ]
     if not floor:
         return
