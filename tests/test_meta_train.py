@@ -44,7 +44,8 @@ def test_a_short_sine_run_reports_held_out_numbers_with_intervals(tmp_path):
     assert len(result.train_loss) == 6 and [
         v["iteration"] for v in result.validation
     ] == [3, 6]
-    assert result.vectorize == "vmap" and result.model["name"] == "mlp"
+    assert result.vectorize == "stacked weights (training) and vmap (evaluation)"
+    assert result.model["name"] == "mlp"
     stat = result.test["loss"]
     assert stat["n"] == 10 and stat["ci95"] > 0 and stat["mean"] > 0
     written = json.loads((tmp_path / RESULTS_NAME).read_text())

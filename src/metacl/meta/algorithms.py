@@ -340,6 +340,8 @@ class MetaAlgorithm:
         self.vectorize: Vectorize = check_vectorize(vectorize)
         self.vmap_works: bool | None = None
         """Whether ``vmap`` ran the model: None until ``"auto"`` has tried it."""
+        self.stacked_used = False
+        """Whether a meta-gradient ran with stacked weights (Note [stacked tasks])."""
 
     @property
     def second_order(self) -> bool:
@@ -562,6 +564,7 @@ class MetaAlgorithm:
         if rule is None:
             return False
         self._stacked = (self._stack, rule)
+        self.stacked_used = True
         self._tell_once(
             "%s is a stack of linear layers: the tasks of a meta-batch run as batched "
             "matrix products (Note [stacked tasks])",

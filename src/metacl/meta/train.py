@@ -581,10 +581,14 @@ def _path_taken(algorithm: MetaAlgorithm) -> str:
     if algorithm.vectorize != "auto":
         return algorithm.vectorize
     if not algorithm.vmap_works:
-        return "loop"
-    if algorithm.second_order and second_order_vmap_hazards(algorithm.model):
-        return "mixed"
-    return "vmap"
+        path = "loop"
+    elif algorithm.second_order and second_order_vmap_hazards(algorithm.model):
+        path = "mixed"
+    else:
+        path = "vmap"
+    if algorithm.stacked_used:  # Note [stacked tasks]: the meta-gradients only
+        return f"stacked weights (training) and {path} (evaluation)"
+    return path
 
 
 def _jsonable(value: Any) -> Any:
