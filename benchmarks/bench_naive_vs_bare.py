@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from torch import nn
 from metacl.config import resolve_config
 from metacl.data import load_dataset
 from metacl.data.scenarios import Stream, build_stream
-from metacl.experiment import run_single
+from metacl.experiment import _peak_memory_mb, _reset_peak_memory, run_single
 
 SEED = 0
 SCENARIO = {"name": "class_incremental", "n_experiences": 5}
@@ -130,24 +129,12 @@ def run_bare(stream: Stream) -> dict[str, float]:
 
 
 def reset_peak() -> bool:
-    """Reset this process's peak resident memory (Linux: VmHWM), if the OS allows it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    """Reset this process's peak resident memory (Linux: VmHWM), as each run does."""
+    return _reset_peak_memory("cpu")
 
 
 def peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _peak_memory_mb("cpu")["peak_rss_mb"]
 
 
 def child(side: str, threads: int) -> None:

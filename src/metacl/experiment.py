@@ -66,6 +66,15 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
+# the numbers a summary gives mean and CI of: the metrics, then timings and memory
+SUMMARY_NAMES = (
+    *METRIC_NAMES,
+    "train_s",
+    "eval_s",
+    "train_samples_per_s",
+    "eval_samples_per_s",
+    "peak_rss_mb",
+)
 
 
 class Progress(Protocol):
@@ -542,13 +551,7 @@ def summarize(results: list[SeedResult]) -> dict[str, dict[str, Any]]:
             "seeds": [r.seed for r in group],
             "stream": group[0].stream,
         }
-        names = list(METRIC_NAMES) + [
-            "train_s",
-            "eval_s",
-            "train_samples_per_s",
-            "eval_samples_per_s",
-            "peak_rss_mb",
-        ]
+        names = SUMMARY_NAMES
         for name in names:
             values = [
                 r.metrics[name] if name in r.metrics else r.timings.get(name, math.nan)
@@ -701,13 +704,7 @@ def _write_config(path: Path, config: RunConfig) -> None:
 
 def _write_summary(path: Path, summary: dict[str, dict[str, Any]]) -> None:
     _write_text_atomic(path / "summary.json", json.dumps(summary, indent=1))
-    names = list(METRIC_NAMES) + [
-        "train_s",
-        "eval_s",
-        "train_samples_per_s",
-        "eval_samples_per_s",
-        "peak_rss_mb",
-    ]
+    names = SUMMARY_NAMES
     with open(path / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
