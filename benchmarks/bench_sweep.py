@@ -36,8 +36,10 @@ result files. The overhead per run of a runner is::
 the slot time a runner spends on anything but runs: process start-up, scheduling,
 transfers, the driver's store writes, and slots idle at the end of the sweep.
 
-The modes alternate (``serial parallel ray serial parallel ray ...``, one sweep each per
-repeat) and the medians over repeats are reported, since a shared machine is noisy.
+The modes alternate, one sweep each per repeat, in an order rotated by one each repeat
+(``serial parallel ray``, ``parallel ray serial``, ``ray serial parallel``, ...), so
+that a drift of the machine's load over the benchmark favours no mode; the medians over
+repeats are reported, since a shared machine is noisy.
 The accuracy matrices (``R`` and ``b``) in every sweep's store must be identical.
 
 Goals: overhead under 0.5 s per run; speed-up over serial within 10% of the core count
@@ -419,7 +421,7 @@ def main() -> int:
         "by RayRunner; each sweep in a fresh process with a fresh store"
     )
     print(
-        f"{args.repeats} repeats, order {' '.join(modes)} per repeat; "
+        f"{args.repeats} repeats, order {' '.join(modes)} rotated by one each repeat; "
         f"load average {os.getloadavg()[0]:.2f} at start"
     )
 
@@ -428,7 +430,8 @@ def main() -> int:
         data_file = Path(tmp) / "sweep.json"
         data_file.write_text(json.dumps(data))
         for repeat in range(args.repeats):
-            for mode in modes:
+            shift = repeat % len(modes)
+            for mode in modes[shift:] + modes[:shift]:
                 output = Path(tmp) / f"{mode}-{repeat}"
                 result = run_in_process(
                     mode, data_file, output, args.workers, args.timeout
