@@ -5,7 +5,8 @@ or the small CNN's convolution blocks, hidden layer and head). Column ``k`` also
 receives, at each layer after the first, the activations that columns ``0..k-1``
 feed into that layer, through an *adapter* (Rusu et al. 2016, eq. 2):
 
-    h_i^k = f(W_i^k h_{i-1}^k + U_i^k f(V_i^k [a_i^{k:0} h_{i-1}^0, ..., a_i^{k:k-1} h_{i-1}^{k-1}]))
+    h_i^k = f(W_i^k h_{i-1}^k
+              + U_i^k f(V_i^k [a_i^{k:0} h_{i-1}^0, ..., a_i^{k:k-1} h_{i-1}^{k-1}]))
 
 with a learned scalar ``a`` per earlier column, a projection ``V`` back to one
 column's width (a 1x1 convolution for convolution layers) and ``U`` into the layer's
