@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+import metacl.sweep.runner as runner_module
 from metacl.config import config_hash
 from metacl.sweep.runner import LocalRunner, run_sweep
 from metacl.sweep.search import choose_configurations, validation_score
@@ -153,3 +154,51 @@ def test_search_sweep_runs_the_chosen_configuration_on_every_seed(tmp_path):
     assert again.finished == 0 and again.skipped == again.planned == 4 + 4
     assert [c.chosen for c in again.choices] == [c.chosen for c in report.choices]
     assert len(expand(spec, spec.grid(spec.search.axes), seeds=[0])) == 4
+
+
+def test_regression_scores_are_negated_losses_and_joint_has_no_la():
+    """A regression matrix holds losses: the lower loss must score higher. Joint
+    training's one-row matrix has no learning accuracy: 'la' reads its final row."""
+
+    def record(R_valid, kind="classification"):
+        return RunRecord(
+            run_id="r",
+            config={},
+            label="x",
+            strategy="x",
+            seed=0,
+            stream="s",
+            R=R_valid,
+            b=[0.0] * len(R_valid[0]),
+            R_valid=R_valid,
+            kind=kind,
+        )
+
+    low, high = (
+        record([[0.5, 1.0], [0.3, 0.1]], "regression"),
+        record([[0.5, 1.0], [2.0, 3.0]], "regression"),
+    )
+    assert validation_score(low) == pytest.approx(-0.2)
+    assert validation_score(low) > validation_score(high)
+    joint = record([[0.6, 0.8]])
+    assert validation_score(joint, "la") == pytest.approx(0.7)
+
+
+def test_a_failed_search_run_stops_the_sweep_before_choosing(tmp_path, monkeypatch):
+    spec = search_sweep(tmp_path, [0.01, 0.05])
+    spec.search = type(spec.search)(spec.search.axes, [0], spec.search.metric)
+    real = runner_module.execute_run
+
+    def fail_one(task):
+        if task.config.optimizer["lr"] == 0.01 and task.strategy_index == 0:
+            return runner_module.RunOutcome(task.run_id, error="simulated failure")
+        return real(task)
+
+    monkeypatch.setattr(runner_module, "execute_run", fail_one)
+    report = run_sweep(spec, runner=LocalRunner(1))
+    assert not report.ok and len(report.failed) == 1
+    assert report.choices == []  # nothing chosen from an incomplete search
+    with ResultStore(spec.store) as store:
+        assert store.searches(spec.name) == []
+        assert {r.label for r in store.records()} <= {"naive", "joint"}
+        assert all(r.seed == 0 for r in store.records())  # no final runs

@@ -275,7 +275,7 @@ def _update_peak_memory(timings: dict[str, float], device: str) -> None:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
@@ -284,7 +284,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -505,13 +505,13 @@ def run_single(
         kind=stream.kind,
     )
     if directory is not None:
+        # the matrix first: result.json is what marks the run finished
+        lines = [",".join(["after_experience"] + [f"exp_{j}" for j in range(T)])]
+        for row_index, row in enumerate(R):
+            name = "all" if joint else str(row_index)
+            lines.append(",".join([name] + [f"{v:.6f}" for v in row]))
+        _write_text_atomic(directory / "accuracy_matrix.csv", "\n".join(lines) + "\n")
         _write_text_atomic(directory / RESULT, json.dumps(result.to_dict(), indent=1))
-        with open(directory / "accuracy_matrix.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["after_experience"] + [f"exp_{j}" for j in range(T)])
-            for row_index, row in enumerate(R):
-                name = "all" if joint else str(row_index)
-                writer.writerow([name] + [f"{v:.6f}" for v in row])
     return result
 
 

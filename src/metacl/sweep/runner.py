@@ -173,8 +173,17 @@ def execute_run(task: RunTask) -> RunOutcome:
     # (one worker) gives the driver its threads back afterwards
     threads = torch.get_num_threads()
     directory = Path(task.directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(directory / "run.log")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(directory / "run.log")
+    except OSError as error:  # a folder that cannot be written: this run fails alone
+        return RunOutcome(
+            task.run_id,
+            None,
+            f"cannot write the run's folder {str(directory)!r}: {error}",
+            time.perf_counter() - began,
+            worker,
+        )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     package_logger = logging.getLogger("metacl")
@@ -328,6 +337,12 @@ class LocalRunner:
                             "run the sweep again to resume it",
                         )
                         self._pool = None
+                    except Exception as error:  # e.g. a result that cannot be sent
+                        outcome = RunOutcome(
+                            task.run_id,
+                            error=f"{type(error).__name__}: {error}; run the sweep "
+                            "again to resume it",
+                        )
                     on_done(outcome)
         except BaseException:
             for future in futures:
@@ -606,6 +621,17 @@ def _search_then_final(
         progress=progress,
         description=f"search {spec.name}",
     )
+
+    # a choice among the candidates that happened to finish could differ from the
+    # one a complete search makes: with failed search runs, stop before choosing
+    if report.failed:
+        logger.error(
+            "sweep %s: %d search runs failed; no configuration is chosen until they "
+            "finish (run the sweep again)",
+            spec.name,
+            len(report.failed),
+        )
+        return
 
     # choose per grid point and strategy, on validation scores only
     choices = choose_configurations(spec, report.records)

@@ -49,6 +49,10 @@ class SearchChoice:
 def validation_score(record: RunRecord, metric: str = "acc") -> float:
     """The validation number the search maximises (NaN without a validation split).
 
+    For a regression stream the matrix holds losses, so the score is the negated
+    loss: the search still maximises. Joint training has a single row, whose learning
+    accuracy is undefined; there ``"la"`` falls back to the final average.
+
     Example:
         >>> r = RunRecord(run_id="x", config={}, label="naive", strategy="naive",
         ...     seed=0, stream="s", R=[[0.9, 0.0], [0.1, 0.9]], b=[0.1, 0.1],
@@ -56,11 +60,11 @@ def validation_score(record: RunRecord, metric: str = "acc") -> float:
         >>> validation_score(r, "acc"), validation_score(r, "la")
         (0.5, 0.7)
     """
-    if metric == "acc":
-        return record.valid_acc
-    if metric == "la":
-        return record.valid_la
-    raise ValueError(f"metric = {metric!r} is invalid; choose acc or la")
+    if metric not in ("acc", "la"):
+        raise ValueError(f"metric = {metric!r} is invalid; choose acc or la")
+    joint = bool(record.R_valid) and len(record.R_valid) == 1
+    value = record.valid_la if metric == "la" and not joint else record.valid_acc
+    return -value if record.kind == "regression" else value
 
 
 def choose_configurations(
