@@ -244,3 +244,18 @@ def test_metacl_run_store_path_or_none(tmp_path):
     assert not (tmp_path / "b" / "results.sqlite").exists()
     with pytest.raises(Exception, match="store = 3 must be a file path"):
         tiny_config(store=3)
+
+
+def test_a_failed_write_is_rolled_back_and_the_store_stays_usable(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        with pytest.raises(StoreError, match="cannot write probe to the results store"):
+            with store._write("probe") as conn:
+                conn.execute(
+                    "INSERT INTO sweep_runs VALUES ('s', 'lost', 'grid', '{}')"
+                )
+                conn.execute("INSERT INTO no_such_table VALUES (1)")
+        assert not store._conn.in_transaction
+        store.record(make_record("kept", 0.5), sweep="s")
+        assert store.finished(["kept", "lost"]) == {"kept"}
+        members = store._conn.execute("SELECT run_id FROM sweep_runs").fetchall()
+        assert members == [("kept",)]  # the half-done write left nothing

@@ -395,14 +395,24 @@ class ResultStore:
                 time.sleep(0.05)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._retry(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+    def _write(self, what: str = "records") -> Iterator[sqlite3.Connection]:
+        """One write transaction; a failure anywhere in it, the commit included,
+        rolls it back (if SQLite has not already) and is raised as a StoreError that
+        names ``what`` was being written."""
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._retry(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+            try:
+                yield self._conn
+                self._retry(lambda: self._conn.execute("COMMIT"))
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"cannot write {what} to the results store {str(self.path)!r}: "
+                f"{error}; the runs' own files are kept, run again to record them"
+            ) from None
 
     def close(self) -> None:
         """Close the connection (records are already committed)."""
@@ -456,22 +466,16 @@ class ResultStore:
             record.directory,
             record.recorded_at,
         )
-        try:
-            with self._write() as conn:
+        with self._write(f"run {record.run_id}") as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO runs VALUES ({', '.join('?' * len(values))})",
+                values,
+            )
+            if sweep is not None:
                 conn.execute(
-                    f"INSERT OR REPLACE INTO runs VALUES ({', '.join('?' * len(values))})",
-                    values,
+                    "INSERT OR REPLACE INTO sweep_runs VALUES (?, ?, ?, ?)",
+                    (sweep, record.run_id, role, json.dumps(point or {})),
                 )
-                if sweep is not None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO sweep_runs VALUES (?, ?, ?, ?)",
-                        (sweep, record.run_id, role, json.dumps(point or {})),
-                    )
-        except sqlite3.Error as error:
-            raise StoreError(
-                f"cannot write run {record.run_id} to {str(self.path)!r}: {error}; "
-                "the run's files are kept, run again to record it"
-            ) from None
         logger.debug("recorded run %s in %s", record.run_id, self.path)
 
     def set_members(
