@@ -158,7 +158,9 @@ def test_kill_9_mid_sweep_then_restart_gives_the_uninterrupted_results(tmp_path)
     """Kill a real two-worker sweep process with SIGKILL while runs are in progress,
     start it again, and get the results of an uninterrupted sweep, having redone at
     most the experiences that were in progress."""
-    data = sweep_data(tmp_path / "cut", epochs=10, hidden=64, seeds=(0, 1))
+    # runs long enough (about 0.3 s an experience) that one is still between two
+    # checkpoints when the kill lands, even on a loaded machine
+    data = sweep_data(tmp_path / "cut", epochs=30, hidden=64, seeds=(0, 1))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(data))
     reference = sweep_from_dict({**data, "output": str(tmp_path / "full")})
     assert run_sweep(reference, runner=LocalRunner(1)).ok
