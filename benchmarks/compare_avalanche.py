@@ -320,9 +320,20 @@ def export_permuted_stream(seed: int, samples: int, path: Path) -> None:
     )
 
 
-def measure_replay_flatness(strategies: list[str]) -> dict:
-    """Median time per observe() in the first experience with a non-empty memory and
-    in the last, Split Fashion-MNIST class-incremental, memory 1000."""
+def measure_replay_flatness(strategies: list[str], rounds: int = 5) -> dict:
+    """Time per observe() early and late in the stream, Split Fashion-MNIST
+    class-incremental, memory 1000, per-batch memory update.
+
+    Two figures per strategy. ``ms_per_batch``: the median time per batch in each
+    experience of one pass (the first experience's first batch, with an empty memory,
+    left out). ``alternated``: the strategy as it is when the first experience with a
+    memory begins and when the last one begins, copied, then timed on the same
+    batches of the last experience in turn (early, late, early, late, ...; ``rounds``
+    times 50 batches each), so that the machine's drifting load falls on both alike;
+    ``late_over_early`` is the ratio of their medians.
+    """
+    import copy
+
     import torch
 
     from metacl.data import load_dataset
@@ -333,14 +344,35 @@ def measure_replay_flatness(strategies: list[str]) -> dict:
     torch.set_num_threads(1)
     dataset = load_dataset("fashion_mnist")
     stream = build_stream("class_incremental", dataset, seed=0, n_experiences=5)
+    last = stream.experiences[-1]
+    batches = [
+        index
+        for index in torch.randperm(len(last.train_x)).split(BATCH)
+        if len(index) == BATCH
+    ][:50]
+
+    def timed(strategy) -> list[float]:
+        times = []
+        for index in batches:
+            began = time.perf_counter()
+            strategy.observe(
+                last.train_x[index], last.train_y[index], last.task_ids(len(index))
+            )
+            times.append(time.perf_counter() - began)
+        return times
+
     out = {}
     for name in strategies:
         torch.manual_seed(0)
         model = build_model("mlp", stream.input_shape, 10, hidden=[400, 400])
         settings = metacl_settings("split_ci", name, "batch")
         strategy = build_strategy(name, model, stream, OptimizerSpec(lr=LR), **settings)
-        per_experience = []
+        per_experience, snapshots = [], {}
         for e in stream.experiences:
+            if len(strategy.memory) and "early" not in snapshots:
+                snapshots["early"] = copy.deepcopy(strategy)
+            if e is last:
+                snapshots["late"] = copy.deepcopy(strategy)
             strategy.begin_experience(e)
             times = []
             order = torch.randperm(len(e.train_x))
@@ -356,9 +388,22 @@ def measure_replay_flatness(strategies: list[str]) -> dict:
             strategy.end_experience(e)
             per_experience.append(statistics.median(times) if times else math.nan)
         first = next(t for t in per_experience if not math.isnan(t))
+
+        # the early and the late strategy on the same batches, in turn
+        alternated = {"early": [], "late": []}
+        for _ in range(rounds):
+            for when in ("early", "late"):
+                alternated[when] += timed(snapshots[when])
+        early = statistics.median(alternated["early"])
+        late = statistics.median(alternated["late"])
         out[name] = {
             "ms_per_batch": [round(1000 * t, 3) for t in per_experience],
             "last_over_first": per_experience[-1] / first,
+            "alternated_ms": {
+                "early": round(1000 * early, 3),
+                "late": round(1000 * late, 3),
+            },
+            "late_over_early": late / early,
         }
     return out
 
