@@ -269,3 +269,21 @@ def test_each_record_says_where_its_run_ran(tmp_path):
             }
     finally:
         torch.set_num_threads(threads)
+
+
+def test_reusing_runs_of_other_code_is_said(tmp_path, caplog):
+    spec = sweep_from_dict(sweep_data(tmp_path / "out", seeds=(0,)))
+    assert run_sweep(spec, runner=LocalRunner(1)).ok
+    with caplog.at_level("WARNING", logger="metacl"):
+        run_sweep(spec, runner=LocalRunner(1))
+    assert "code version" not in caplog.text  # the same code: nothing to say
+    with ResultStore(spec.store) as store:
+        store._conn.execute("UPDATE runs SET code_version = '0.0.1' WHERE rowid = 1")
+    with caplog.at_level("WARNING", logger="metacl"):
+        again = run_sweep(spec, runner=LocalRunner(1))
+    assert again.skipped == 2 and again.finished == 0
+    assert "1 finished runs were recorded by code version(s) 0.0.1" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="metacl"):
+        run_sweep(spec, runner=LocalRunner(1))
+    assert "code version" in caplog.text  # still said: the record is unchanged

@@ -55,7 +55,7 @@ from metacl.errors import ConfigError, MetaclError
 from metacl.experiment import Progress
 from metacl.sweep.search import SearchChoice, choose_configurations
 from metacl.sweep.spec import PlannedRun, SweepSpec, expand
-from metacl.sweep.store import ResultStore, RunRecord, record_from_result
+from metacl.sweep.store import ResultStore, RunRecord, code_version, record_from_result
 
 __all__ = [
     "RunTask",
@@ -486,6 +486,26 @@ class SweepReport:
         return not self.failed
 
 
+def _warn_of_other_code(sweep: str, records: list[RunRecord | None]) -> None:
+    """Say when finished runs that a sweep reuses were recorded by other code: a run
+    id covers the configuration, not the code, so they are not rerun by themselves."""
+    current = code_version()
+    versions = sorted(
+        {r.code_version for r in records if r and r.code_version not in ("", current)}
+    )
+    if versions:
+        stale = sum(1 for r in records if r and r.code_version in versions)
+        logger.warning(
+            "sweep %s: %d finished runs were recorded by code version(s) %s, not the "
+            "current %s; they are reused as they are. To rerun them, use another "
+            "store (--store) and output folder",
+            sweep,
+            stale,
+            ", ".join(versions),
+            current,
+        )
+
+
 def run_planned(
     runs: list[PlannedRun],
     runner: Runner,
@@ -503,6 +523,7 @@ def run_planned(
     report.skipped += len(done)
     for run_id in done:
         report.records[run_id] = store.get(run_id)
+    _warn_of_other_code(sweep, [report.records[run_id] for run_id in done])
     todo = [r for r in runs if r.run_id not in done]
     logger.info(
         "sweep %s: %d runs, %d already finished, %d to run with %d at a time",
