@@ -680,9 +680,9 @@ class ANIL(MAML):
         self.only = (head,)
 
 
-class MetaSGD(MetaAlgorithm):
+class MetaSGD(MAML):
     """Meta-SGD: meta-learn one inner step size per parameter entry, with the
-    initialisation.
+    initialisation. It is MAML with learned step sizes as the inner rule.
 
     The inner step is ``theta - alpha * grad`` with ``alpha`` a tensor of the shape of
     ``theta``, initialised to ``inner_lr`` and updated by the outer optimiser together
@@ -719,9 +719,9 @@ class MetaSGD(MetaAlgorithm):
             loss_fn,
             inner_lr=inner_lr,
             inner_steps=inner_steps,
+            first_order=first_order,
             vectorize=vectorize,
         )
-        self.first_order = bool(first_order)
         self.learned_lr: Params = {
             name: torch.full_like(p, float(inner_lr)).requires_grad_(True)
             for name, p in model.named_parameters()
@@ -734,17 +734,6 @@ class MetaSGD(MetaAlgorithm):
 
     def step_sizes(self) -> Params:
         return self.learned_lr
-
-    @property
-    def second_order(self) -> bool:
-        return not self.first_order and self.inner_steps > 0
-
-    def meta_gradient(
-        self, batch: TaskBatch, *, vectorize: bool | None = None
-    ) -> tuple[Tensor, Params]:
-        return self._maml_gradient(
-            batch, vectorize=vectorize, first_order=self.first_order
-        )
 
 
 class Reptile(MetaAlgorithm):

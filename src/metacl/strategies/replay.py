@@ -40,7 +40,9 @@ MemoryUpdate = Literal["batch", "experience"]
 
 
 class _MemoryStrategy(Strategy):
-    """A strategy with one replay memory in its state."""
+    """A strategy with one replay memory in its state, filled per batch (by the
+    subclass's ``observe``, when ``update == "batch"``) or per experience (here, at
+    its end); see Note [when the memory is filled]."""
 
     store_logits = False
 
@@ -53,7 +55,13 @@ class _MemoryStrategy(Strategy):
         memory_size: int,
         replay_batch_size: int,
         memory: str,
+        update: str,
     ) -> None:
+        if update not in ("batch", "experience"):
+            raise ConfigError(
+                f"update = {update!r} is invalid; expected 'batch' (each batch after its "
+                "step) or 'experience' (each experience at its end)"
+            )
         if memory_size < 1:
             raise ConfigError(f"memory_size = {memory_size} must be >= 1")
         if replay_batch_size < 1:
@@ -69,6 +77,11 @@ class _MemoryStrategy(Strategy):
             device=device,
         )
         self.replay_batch_size = replay_batch_size
+        self.update = update
+
+    def end_experience(self, experience: Experience) -> None:
+        if self.update == "experience":
+            _add_experience(self, experience)
 
     @classmethod
     def check_stream(cls, stream: Stream) -> None:
@@ -131,8 +144,8 @@ class Replay(_MemoryStrategy):
             memory_size=memory_size,
             replay_batch_size=replay_batch_size,
             memory=memory,
+            update=update,
         )
-        self.update = _check_update(update)
 
     def observe(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
         xs, ys, ts = x, y, task
@@ -148,19 +161,6 @@ class Replay(_MemoryStrategy):
         if self.update == "batch":
             self.memory.add(x, y, task)
         return loss.detach()
-
-    def end_experience(self, experience: Experience) -> None:
-        if self.update == "experience":
-            _add_experience(self, experience)
-
-
-def _check_update(update: str) -> str:
-    if update not in ("batch", "experience"):
-        raise ConfigError(
-            f"update = {update!r} is invalid; expected 'batch' (each batch after its "
-            "step) or 'experience' (each experience at its end)"
-        )
-    return update
 
 
 def _add_experience(strategy: _MemoryStrategy, experience: Experience) -> None:
@@ -235,6 +235,7 @@ class AGEM(_MemoryStrategy):
             memory_size=memory_size,
             replay_batch_size=replay_batch_size,
             memory=memory,
+            update="experience",  # as in the paper
         )
         self.params = [p for p in model.parameters() if p.requires_grad]
 
@@ -262,9 +263,6 @@ class AGEM(_MemoryStrategy):
                     offset += n
         self.optimizer.step()
         return loss.detach()
-
-    def end_experience(self, experience: Experience) -> None:
-        _add_experience(self, experience)
 
 
 @register_strategy("derpp", summary="dark experience replay++ (Buzzega et al. 2020)")
@@ -315,10 +313,10 @@ class DERpp(_MemoryStrategy):
             memory_size=memory_size,
             replay_batch_size=replay_batch_size,
             memory=memory,
+            update=update,
         )
         self.alpha = alpha
         self.beta = beta
-        self.update = _check_update(update)
 
     def observe(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -338,7 +336,3 @@ class DERpp(_MemoryStrategy):
         if self.update == "batch":
             self.memory.add(x, y, task, logits=raw.detach())
         return loss.detach()
-
-    def end_experience(self, experience: Experience) -> None:
-        if self.update == "experience":
-            _add_experience(self, experience)
