@@ -89,6 +89,14 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 LR, BATCH, EVAL_BATCH = 0.01, 32, 1000
 MEMORY, REPLAY_BATCH = 1000, 32
 AGEM_PER_EXP, AGEM_SAMPLE = 200, 256
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # Avalanche's default Normalize
+SETUPS = {
+    "tensors": "Avalanche receives metacl's stream as tensors (its fastest input "
+    "path) and an evaluator of experience accuracy only, without logger",
+    "default": "Avalanche out of the box: its own benchmark builders on "
+    "torchvision's Fashion-MNIST with their default per-sample transforms (ToTensor, "
+    "Normalize) and its default evaluator; metacl normalises with the same constants",
+}
 
 
 def n_experiences(protocol: str) -> int:
@@ -143,7 +151,12 @@ def metacl_config(
     seed: int,
     permuted_samples: int | None = None,
     memory_update: str = "experience",
+    threads: int = 1,
+    setup: str = "tensors",
 ) -> dict:
+    dataset = {"name": "fashion_mnist"}
+    if setup == "default":  # the constants of Avalanche's default transforms
+        dataset["normalize"] = {"mean": [FMNIST_MEAN], "std": [FMNIST_STD]}
     scenario = {
         "split_ci": {"name": "class_incremental", "n_experiences": 5},
         "split_ti": {"name": "task_incremental", "n_experiences": 5},
@@ -155,7 +168,7 @@ def metacl_config(
     }[protocol]
     return {
         "seeds": [seed],
-        "dataset": {"name": "fashion_mnist"},
+        "dataset": dataset,
         "scenario": scenario,
         "model": {"name": "mlp", "hidden": [400, 400]},
         "strategy": {
@@ -167,7 +180,7 @@ def metacl_config(
             "epochs": 1,
             "batch_size": BATCH,
             "eval_batch_size": EVAL_BATCH,
-            "threads": 1,
+            "threads": threads,
         },
     }
 
@@ -178,15 +191,19 @@ def metacl_worker(
     seed: int,
     permuted_samples: int | None = None,
     memory_update: str = "experience",
+    threads: int = 1,
+    setup: str = "tensors",
 ) -> dict:
     import torch
 
     from metacl.config import resolve_config
     from metacl.experiment import run_single
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     config = resolve_config(
-        metacl_config(protocol, strategy, seed, permuted_samples, memory_update)
+        metacl_config(
+            protocol, strategy, seed, permuted_samples, memory_update, threads, setup
+        )
     )
     result = run_single(config, 0, seed)
     T = len(result.R)
@@ -213,7 +230,13 @@ def permutations(seed: int, n: int) -> list[list[int]]:
     ]
 
 
-def bare_worker(protocol: str, seed: int, permuted_samples: int | None = None) -> dict:
+def bare_worker(
+    protocol: str,
+    seed: int,
+    permuted_samples: int | None = None,
+    threads: int = 1,
+    setup: str = "tensors",
+) -> dict:
     """Naive fine-tuning as a hand-written PyTorch loop on metacl's stream: the
     arithmetic every library must do, with no library around it (the floor of the
     training and evaluation times)."""
@@ -225,12 +248,15 @@ def bare_worker(protocol: str, seed: int, permuted_samples: int | None = None) -
     from metacl.data import load_dataset
     from metacl.data.scenarios import build_stream
 
-    torch.set_num_threads(1)
-    config = resolve_config(metacl_config(protocol, "naive", seed, permuted_samples))
-    settings = dict(config.scenario)
-    stream = build_stream(
-        settings.pop("name"), load_dataset("fashion_mnist"), seed=seed, **settings
+    torch.set_num_threads(threads)
+    config = resolve_config(
+        metacl_config(
+            protocol, "naive", seed, permuted_samples, threads=threads, setup=setup
+        )
     )
+    settings, data = dict(config.scenario), dict(config.dataset)
+    dataset = load_dataset(data.pop("name"), **data)
+    stream = build_stream(settings.pop("name"), dataset, seed=seed, **settings)
     T = len(stream.experiences)
     masks = None
     if stream.task_ids_at_test:  # task-incremental: other tasks' outputs masked
@@ -286,6 +312,44 @@ def bare_worker(protocol: str, seed: int, permuted_samples: int | None = None) -
         "eval_s": eval_s,
         "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def permuted_subsets(seed: int, samples: int) -> list[list[int]]:
+    """The training images (indices into the 60,000) that metacl keeps in each
+    permuted experience for ``seed`` with ``samples_per_experience = samples``
+    (computed in metacl's venv, for Avalanche's own benchmark builders)."""
+    import torch
+
+    from metacl.data.scenarios import _generator, _split_train
+
+    index = torch.arange(60_000)
+    return [
+        _split_train(
+            index,
+            index,
+            samples=samples,
+            validation_fraction=0.0,
+            generator=_generator(seed, 100 + i),
+            where="permuted",
+        )[0].tolist()
+        for i in range(n_experiences("permuted"))
+    ]
+
+
+def prepare_torchvision_root(root: Path) -> Path:
+    """torchvision's Fashion-MNIST layout (``ROOT/FashionMNIST/raw``, the four IDX
+    files gunzipped) made from the Debian files, for Avalanche's own builders (its
+    datasets only download)."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for packed in sorted(FMNIST.glob("*-ubyte.gz")):
+        target = raw / packed.name[: -len(".gz")]
+        if not target.exists():
+            partial = target.with_suffix(f".{os.getpid()}.tmp")
+            with gzip.open(packed, "rb") as f:
+                partial.write_bytes(f.read())
+            partial.replace(target)
+    return root
 
 
 def export_permuted_stream(seed: int, samples: int, path: Path) -> None:
@@ -422,13 +486,79 @@ def _read_idx(path: Path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def avalanche_worker(
-    protocol: str,
-    strategy: str,
-    seed: int,
-    perms_file: str | None,
-    stream_file: str | None = None,
-) -> dict:
+def _default_benchmark(protocol: str, perms, subsets, root: str):
+    """The stream as Avalanche's own builders make it on torchvision's Fashion-MNIST,
+    out of the box: each sample is read from the dataset, made a PIL image and
+    converted by per-sample transforms when a batch is drawn.
+
+    Split: ``SplitFMNIST`` with its default transforms (``ToTensor``, then
+    ``Normalize(0.2860, 0.3530)``), the classes in label order. Permuted (Avalanche
+    has no permuted Fashion-MNIST): built as its ``PermutedMNIST`` builds its stream,
+    one dataset per permutation with the permutation a frozen per-sample transform
+    and ``nc_benchmark`` with one dataset per experience, on Fashion-MNIST with
+    metacl's permutations and training subsets. One deviation: the permutation acts
+    on the normalised tensor, where ``PermutedMNIST`` permutes the PIL image (a
+    round trip through uint8 that can move a pixel by 1/255 and costs two
+    conversions more): it keeps the inputs identical to metacl's and can only make
+    Avalanche faster.
+    """
+    import torch
+    from avalanche.benchmarks import nc_benchmark
+    from avalanche.benchmarks.classic import SplitFMNIST
+    from avalanche.benchmarks.classic.cmnist import PixelsPermutation
+    from avalanche.benchmarks.datasets.external_datasets.fmnist import (
+        get_fmnist_dataset,
+    )
+    from avalanche.benchmarks.utils import (
+        DefaultTransformGroups,
+        _make_taskaware_classification_dataset,
+    )
+    from avalanche.benchmarks.utils.data import make_avalanche_dataset
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    if protocol != "permuted":
+        return SplitFMNIST(
+            n_experiences("split_ci"),
+            return_task_id=protocol == "split_ti",
+            fixed_class_order=list(range(10)),
+            dataset_root=root,
+        )
+    train, test = get_fmnist_dataset(root)
+    trains, tests = [], []
+    for i, perm in enumerate(perms):
+        frozen = Compose(
+            [
+                ToTensor(),
+                Normalize((FMNIST_MEAN,), (FMNIST_STD,)),
+                PixelsPermutation(torch.tensor(perm)),
+            ]
+        )
+        groups = DefaultTransformGroups((frozen, frozen))
+        base = _make_taskaware_classification_dataset(train)
+        if subsets is not None:
+            base = base.subset(subsets[i])
+        trains.append(make_avalanche_dataset(base, frozen_transform_groups=groups))
+        tests.append(
+            make_avalanche_dataset(
+                _make_taskaware_classification_dataset(test),
+                frozen_transform_groups=groups,
+            )
+        )
+    return nc_benchmark(
+        trains,
+        tests,
+        n_experiences=len(trains),
+        task_labels=False,
+        shuffle=False,
+        class_ids_from_zero_in_each_exp=True,
+        one_dataset_per_exp=True,
+    )
+
+
+def _tensor_benchmark(protocol: str, perms, stream_file: str | None):
+    """The stream handed to Avalanche as tensors, cut as metacl cuts it (classes in
+    label order, metacl's permutations or metacl's own exported stream): Avalanche's
+    fastest input path, with no per-sample decoding or transforms."""
     import numpy as np
     import torch
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
@@ -437,6 +567,60 @@ def avalanche_worker(
     from avalanche.benchmarks.utils.classification_dataset import (
         _make_taskaware_tensor_classification_dataset as tensor_dataset,
     )
+
+    def load(split: str):
+        prefix = "train" if split == "train" else "t10k"
+        x = _read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz").reshape(-1, 784)
+        y = _read_idx(FMNIST / f"{prefix}-labels-idx1-ubyte.gz")
+        return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(
+            y.astype(np.int64)
+        )
+
+    train_x, train_y = load("train")
+    test_x, test_y = load("test")
+    T = n_experiences(protocol)
+    task_il = protocol == "split_ti"
+    trains, tests = [], []
+    exported = torch.load(stream_file, weights_only=True) if stream_file else None
+    for i in range(T):
+        label = i if task_il else 0
+        if exported is not None:  # metacl's own stream
+            e = exported[i]
+            parts = [
+                (e["train_x"].float() / 255.0, e["train_y"]),
+                (e["test_x"].float() / 255.0, e["test_y"]),
+            ]
+        elif protocol == "permuted":
+            perm = torch.tensor(perms[i])
+            parts = [(train_x[:, perm], train_y), (test_x[:, perm], test_y)]
+        else:
+            classes = [2 * i, 2 * i + 1]
+            parts = []
+            for x, y in ((train_x, train_y), (test_x, test_y)):
+                keep = (y == classes[0]) | (y == classes[1])
+                parts.append((x[keep], y[keep]))
+        for (x, y), sink in zip(parts, (trains, tests), strict=True):
+            sink.append(
+                tensor_dataset(x, y, targets=y.tolist(), task_labels=[label] * len(y))
+            )
+    return with_task_labels(
+        with_classes_timeline(benchmark_from_datasets(train=trains, test=tests))
+    )
+
+
+def avalanche_worker(
+    protocol: str,
+    strategy: str,
+    seed: int,
+    perms_file: str | None,
+    stream_file: str | None = None,
+    setup: str = "tensors",
+    root: str | None = None,
+    subsets_file: str | None = None,
+    threads: int = 1,
+) -> dict:
+    import numpy as np
+    import torch
     from avalanche.evaluation.metrics import accuracy_metrics
     from avalanche.models import MultiTaskModule
     from avalanche.models.pnn import PNN
@@ -450,59 +634,30 @@ def avalanche_worker(
         SynapticIntelligence,
     )
     from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.plugins.evaluation import default_evaluator
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
     from torch import nn
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     np.random.seed(seed)
 
-    # the stream, as metacl cuts it: classes in label order, metacl's permutations
-    def load(split: str):
-        prefix = "train" if split == "train" else "t10k"
-        x = _read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz").reshape(-1, 784)
-        y = _read_idx(FMNIST / f"{prefix}-labels-idx1-ubyte.gz")
-        return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(
-            y.astype(np.int64)
-        )
-
-    train_x, train_y = load("train")
-    test_x, test_y = load("test")
     T = n_experiences(protocol)
     task_il = protocol == "split_ti"
-    trains, tests, groups = [], [], []
     perms = json.loads(Path(perms_file).read_text()) if perms_file else None
-    exported = torch.load(stream_file, weights_only=True) if stream_file else None
-    for i in range(T):
-        label = i if task_il else 0
-        if exported is not None:  # metacl's own stream
-            e = exported[i]
-            parts = [
-                (e["train_x"].float() / 255.0, e["train_y"]),
-                (e["test_x"].float() / 255.0, e["test_y"]),
-            ]
-            groups.append(list(range(10)))
-        elif protocol == "permuted":
-            perm = torch.tensor(perms[i])
-            parts = [(train_x[:, perm], train_y), (test_x[:, perm], test_y)]
-            groups.append(list(range(10)))
-        else:
-            classes = [2 * i, 2 * i + 1]
-            groups.append(classes)
-            parts = []
-            for x, y in ((train_x, train_y), (test_x, test_y)):
-                keep = (y == classes[0]) | (y == classes[1])
-                parts.append((x[keep], y[keep]))
-        for (x, y), sink in zip(parts, (trains, tests), strict=True):
-            sink.append(
-                tensor_dataset(x, y, targets=y.tolist(), task_labels=[label] * len(y))
-            )
-    benchmark = with_task_labels(
-        with_classes_timeline(benchmark_from_datasets(train=trains, test=tests))
-    )
+    if setup == "default":
+        subsets = json.loads(Path(subsets_file).read_text()) if subsets_file else None
+        benchmark = _default_benchmark(protocol, perms, subsets, root)
+    else:
+        benchmark = _tensor_benchmark(protocol, perms, stream_file)
+    groups = [
+        list(range(10)) if protocol == "permuted" else [2 * i, 2 * i + 1]
+        for i in range(T)
+    ]
 
     def mlp():
         return nn.Sequential(
+            nn.Flatten(),  # a view; the default setup's samples are (1, 28, 28)
             nn.Linear(784, 400),
             nn.ReLU(),
             nn.Linear(400, 400),
@@ -540,7 +695,10 @@ def avalanche_worker(
     else:
         model = MaskedMLP() if task_il else mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
+    if setup == "default":  # accuracy and loss metrics, the interactive logger
+        evaluator = default_evaluator()
+    else:  # only what ACC and BWT need, no logger
+        evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
     common = dict(
         model=model,
         optimizer=optimizer,
@@ -649,22 +807,40 @@ def _run_worker(python: str, args: list[str], env: dict, timeout: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def threads_of(record: dict) -> int:
+    return record.get("threads", 1)  # records written before the option: 1
+
+
+def setup_of(record: dict) -> str:
+    """The comparison's setup (records written before the option: tensors)."""
+    return record.get("setup", "tensors")
+
+
+def _key(record: dict) -> tuple:
+    return (
+        record["library"],
+        record["protocol"],
+        record["strategy"],
+        record["seed"],
+        record.get("permuted_samples"),
+        update_of(record),
+        threads_of(record),
+        setup_of(record),
+    )
+
+
 def drive(args: argparse.Namespace) -> None:
     results = Path(args.results)
-    done = {
-        (
-            r["library"],
-            r["protocol"],
-            r["strategy"],
-            r["seed"],
-            r.get("permuted_samples"),
-            update_of(r),
-        )
-        for r in _load(results)
-    }
+    done = {_key(r) for r in _load(results)}
+    threads = str(args.threads)
     env = dict(
-        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore"
+        os.environ,
+        OMP_NUM_THREADS=threads,
+        MKL_NUM_THREADS=threads,
+        PYTHONWARNINGS="ignore",
     )
+    if args.avalanche_setup == "default" and "avalanche" in args.libraries:
+        prepare_torchvision_root(Path(args.avalanche_root))
     home = Path(tempfile.gettempdir()) / "avalanche-home"
     home.mkdir(exist_ok=True)
     avalanche_env = dict(env, HOME=str(home))
@@ -685,14 +861,40 @@ def drive(args: argparse.Namespace) -> None:
                             "memory_update": args.memory_update,
                         }
                     )
-                    key = (library, protocol, strategy, seed, samples, update)
-                    if key in done:
+                    fields = {
+                        "library": library,
+                        "protocol": protocol,
+                        "strategy": strategy,
+                        "seed": seed,
+                        "permuted_samples": samples,
+                        "memory_update": update,
+                        "threads": args.threads,
+                        "setup": args.avalanche_setup,
+                    }
+                    if _key(fields) in done:
                         continue
                     worker = ["--worker", library, protocol, strategy, str(seed)]
+                    worker += ["--threads", threads]
                     if update is not None:
                         worker += ["--memory-update", update]
+                    worker += ["--avalanche-setup", args.avalanche_setup]
+                    classic = (
+                        library == "avalanche" and args.avalanche_setup == "default"
+                    )
+                    if classic:
+                        worker += ["--avalanche-root", args.avalanche_root]
                     if samples is not None and library in ("metacl", "bare"):
                         worker += ["--permuted-samples", str(samples)]
+                    elif samples is not None and classic:
+                        subsets_file = (
+                            Path(tempfile.gettempdir())
+                            / f"metacl-subsets-{seed}-{samples}.json"
+                        )
+                        if not subsets_file.exists():
+                            subsets_file.write_text(
+                                json.dumps(permuted_subsets(seed, samples))
+                            )
+                        worker += ["--subsets", str(subsets_file)]
                     elif samples is not None:
                         stream_file = (
                             Path(tempfile.gettempdir())
@@ -701,7 +903,11 @@ def drive(args: argparse.Namespace) -> None:
                         if not stream_file.exists():
                             export_permuted_stream(seed, samples, stream_file)
                         worker += ["--stream", str(stream_file)]
-                    elif library == "avalanche" and protocol == "permuted":
+                    if (
+                        library == "avalanche"
+                        and protocol == "permuted"
+                        and (samples is None or classic)
+                    ):
                         perms_file = (
                             Path(tempfile.gettempdir()) / f"metacl-perms-{seed}.json"
                         )
@@ -726,14 +932,7 @@ def drive(args: argparse.Namespace) -> None:
                         print(f"FAILED {library} {protocol} {strategy} seed {seed}:")
                         print(str(error)[-2000:], flush=True)
                         continue
-                    record.update(
-                        library=library,
-                        protocol=protocol,
-                        strategy=strategy,
-                        seed=seed,
-                        permuted_samples=samples,
-                        memory_update=update,
-                    )
+                    record.update(fields)
                     with open(results, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     print(
@@ -770,6 +969,19 @@ def report(args: argparse.Namespace) -> None:
     records = []
     for path in args.results.split(","):
         records += _load(Path(path))
+    setups = sorted(
+        {(threads_of(r), setup_of(r)) for r in records if r["library"] == "avalanche"}
+    )
+    for threads, setup in setups:
+        described = SETUPS[setup]
+        plural = "s" if threads > 1 else ""
+        print(f"\n### {threads} torch thread{plural}, setup {setup}: {described}\n")
+        _report_setup(
+            [r for r in records if (threads_of(r), setup_of(r)) == (threads, setup)]
+        )
+
+
+def _report_setup(records: list[dict]) -> None:
     print(
         "| protocol | strategy | seeds | metacl ACC | Avalanche ACC | metacl BWT | "
         "Avalanche BWT | ACC goal | train s (m / A) | train ratio | eval s (m / A) | "
@@ -906,6 +1118,25 @@ def main() -> None:
     )
     parser.add_argument("--perms")
     parser.add_argument("--stream")
+    parser.add_argument("--subsets")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of every run, both libraries (default 1)",
+    )
+    parser.add_argument(
+        "--avalanche-setup",
+        choices=tuple(SETUPS),
+        default="tensors",
+        help="; ".join(f"{name}: {text}" for name, text in SETUPS.items()),
+    )
+    parser.add_argument(
+        "--avalanche-root",
+        default=str(Path(tempfile.gettempdir()) / "avalanche-data"),
+        help="torchvision dataset root for the default setup (made from the Debian "
+        "files when missing)",
+    )
     parser.add_argument(
         "--memory-update",
         choices=("batch", "experience"),
@@ -929,12 +1160,28 @@ def main() -> None:
                 int(seed),
                 args.permuted_samples,
                 args.memory_update,
+                args.threads,
+                args.avalanche_setup,
             )
         elif library == "bare":
-            out = bare_worker(protocol, int(seed), args.permuted_samples)
+            out = bare_worker(
+                protocol,
+                int(seed),
+                args.permuted_samples,
+                args.threads,
+                args.avalanche_setup,
+            )
         else:
             out = avalanche_worker(
-                protocol, strategy, int(seed), args.perms, args.stream
+                protocol,
+                strategy,
+                int(seed),
+                args.perms,
+                args.stream,
+                args.avalanche_setup,
+                args.avalanche_root,
+                args.subsets,
+                args.threads,
             )
         print(json.dumps(out))
     elif args.report:

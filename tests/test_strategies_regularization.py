@@ -259,16 +259,30 @@ def test_ewc_beats_naive_on_permuted_digits():
     assert accs["ewc"]["bwt"] > accs["naive"]["bwt"], accs
 
 
-def _fisher_by_hand(model, x, y):
-    """Mean over samples of each sample's squared log-likelihood gradient."""
+def _fisher_by_hand(model, x, y, group=1):
+    """Mean over groups of ``group`` consecutive samples (the last one may be smaller)
+    of the squared gradient of the group's mean log-likelihood."""
     params = list(model.parameters())
     total = [torch.zeros_like(p) for p in params]
-    for i in range(len(x)):
-        loss = nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+    starts = range(0, len(x), group)
+    for i in starts:
+        loss = nn.functional.cross_entropy(model(x[i : i + group]), y[i : i + group])
         for t, g in zip(total, torch.autograd.grad(loss, params), strict=True):
             t += g**2
     names = [n for n, _ in model.named_parameters()]
-    return {n: t / len(x) for n, t in zip(names, total, strict=True)}
+    return {n: t / len(starts) for n, t in zip(names, total, strict=True)}
+
+
+@pytest.mark.parametrize("name", ["ewc", "online_ewc"])
+def test_minibatch_fisher_at_experience_end(blobs, name):
+    # fisher_batch_size > 1 (Avalanche's estimate): the squared gradients of the
+    # mean loss of consecutive mini-batches, 80 samples in groups of 24 (the last 8)
+    stream, strategy = _setup(blobs, name, fisher_batch_size=24)
+    e = stream.experiences[0]
+    strategy.end_experience(e)  # called under no_grad, as the runner does
+    by_hand = _fisher_by_hand(strategy.model, e.train_x, e.train_y, group=24)
+    for key, f in by_hand.items():
+        torch.testing.assert_close(strategy.importance[key], f)
 
 
 @pytest.mark.parametrize(("samples", "expected"), [(20, 20), (None, 80), (500, 80)])

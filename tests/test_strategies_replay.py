@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -352,3 +353,45 @@ def test_update_per_experience_replays_only_past_experiences(blobs, name):
 
     with pytest.raises(ConfigError, match="update = 'epoch' is invalid"):
         build_strategy(name, model, stream, OptimizerSpec(lr=0.05), update="epoch")
+
+
+def test_derpp_keeps_separate_passes_when_a_layer_mixes_the_batch(blobs):
+    # one forward over the batch and both memory batches is exact only when no layer
+    # mixes samples; with batch normalisation each pass keeps its own statistics
+    stream = build_stream("class_incremental", blobs, seed=0)
+    torch.manual_seed(0)
+    features = math.prod(stream.input_shape)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(features, 8),
+        torch.nn.BatchNorm1d(8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 10),
+    )
+    der = build_strategy(
+        "derpp", model, stream, OptimizerSpec(lr=0.1), memory_size=40,
+        replay_batch_size=6, alpha=0.3, beta=0.7,
+    )  # fmt: skip
+    assert not der.fused
+    assert _setup(blobs, "derpp")[1].fused  # the MLP has no such layer
+    for start in range(0, 48, 8):
+        e = stream.experiences[0]
+        x, y = e.train_x[start : start + 8], e.train_y[start : start + 8]
+        der.observe(x, y, e.task_ids(8))
+    e = stream.experiences[1]
+    x, y = e.train_x[:8], e.train_y[:8]
+    reference = copy.deepcopy(der.model)
+    state = _memory_state(der.memory)
+    der.observe(x, y, e.task_ids(8))
+
+    der.memory.load_state_dict(state)
+    first, second = der.memory.sample(6), der.memory.sample(6)
+    ce = torch.nn.functional.cross_entropy
+    loss = (
+        ce(reference(x), y)
+        + 0.3 * torch.nn.functional.mse_loss(reference(first.x), first.logits)
+        + 0.7 * ce(reference(second.x), second.y)
+    )
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    for (name, p), g in zip(reference.named_parameters(), grads, strict=True):
+        torch.testing.assert_close(der.model.state_dict()[name], p - 0.1 * g)

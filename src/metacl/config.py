@@ -9,7 +9,8 @@ The sections::
 
     name: split-digits          # run directory name under `output`
     seeds: [0, 1, 2]            # one seed fixes stream, initialisation and training
-    dataset: {name: digits}     # plus the loader's settings
+    dataset: {name: digits}     # plus the loader's settings, and optionally
+                                # normalize: train | {mean: [...], std: [...]}
     scenario: {name: class_incremental, n_experiences: 5}
     model: {name: mlp, hidden: [100, 100], multi_head: false}
     strategies:                 # or a single `strategy:` mapping
@@ -41,7 +42,7 @@ from typing import Any, Literal
 
 import yaml
 
-from metacl.errors import ConfigError
+from metacl.errors import ConfigError, DataError
 from metacl.registry import _params_of, check_value
 
 __all__ = [
@@ -309,7 +310,7 @@ def resolve_config(data: dict[str, Any]) -> RunConfig:
     import metacl.data  # noqa: F401
     import metacl.models  # noqa: F401
     import metacl.strategies  # noqa: F401
-    from metacl.data.base import DATASETS
+    from metacl.data.base import DATASETS, check_normalize
     from metacl.data.scenarios import SCENARIOS
     from metacl.models.base import MODELS
     from metacl.strategies.base import STRATEGIES
@@ -346,7 +347,14 @@ def resolve_config(data: dict[str, Any]) -> RunConfig:
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ConfigError(f"seeds = {seeds} must be distinct non-negative integers")
 
-    dataset = _validate_named(DATASETS, data.get("dataset", base["dataset"]), "dataset")
+    dataset = _validate_named(
+        DATASETS, data.get("dataset", base["dataset"]), "dataset", extra=("normalize",)
+    )
+    if "normalize" in dataset:
+        try:
+            dataset["normalize"] = check_normalize(dataset["normalize"])
+        except DataError as error:
+            raise ConfigError(str(error)) from None
     scenario_settings = data.get("scenario", base["scenario"])
     scenario = _validate_named(SCENARIOS, scenario_settings, "scenario")
     _reconcile_experiences(scenario, scenario_settings)

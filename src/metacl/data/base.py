@@ -6,15 +6,23 @@ reads files or builds a DataLoader during training.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from metacl.errors import DataError
 from metacl.registry import Registry
 
-__all__ = ["Dataset", "DATASETS", "load_dataset"]
+__all__ = [
+    "Dataset",
+    "DATASETS",
+    "load_dataset",
+    "check_normalize",
+    "normalize_inputs",
+]
 
 DATASETS = Registry("dataset")
 
@@ -102,6 +110,8 @@ class Dataset:
 def load_dataset(name: str, **settings) -> Dataset:
     """Load the registered dataset ``name`` with the given keyword settings.
 
+    Every dataset also takes ``normalize`` (see :func:`normalize_inputs`).
+
     Example:
         >>> ds = load_dataset("digits")
         >>> ds.n_classes, ds.input_shape
@@ -111,4 +121,90 @@ def load_dataset(name: str, **settings) -> Dataset:
     import metacl.data.embedded  # noqa: F401
     import metacl.data.vision  # noqa: F401
 
-    return DATASETS.build(name, **settings)
+    normalize = check_normalize(settings.pop("normalize", None))
+    dataset = DATASETS.build(name, **settings)
+    return dataset if normalize is None else normalize_inputs(dataset, normalize)
+
+
+def check_normalize(spec: Any) -> str | dict[str, list[float]] | None:
+    """Validate a ``normalize`` setting; return it with scalars made lists.
+
+    Raises:
+        DataError: Anything but None, ``"train"`` or ``{mean: ..., std: ...}`` with
+            positive standard deviations of matching length.
+    """
+    if spec is None or spec == "train":
+        return spec
+    usage = (
+        'give "train" (the training inputs\' statistics) or {mean: [...], std: [...]} '
+        "with one value per channel, or one for all"
+    )
+    if not isinstance(spec, dict) or set(spec) != {"mean", "std"}:
+        raise DataError(f"dataset.normalize = {spec!r} is not understood; {usage}")
+    out = {}
+    for key in ("mean", "std"):
+        values = spec[key]
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not values or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            raise DataError(f"dataset.normalize.{key} = {spec[key]!r}; {usage}")
+        out[key] = [float(v) for v in values]
+    if len(out["mean"]) != len(out["std"]):
+        raise DataError(
+            f"dataset.normalize: mean {out['mean']} and std {out['std']} differ in "
+            "length; give one value per channel for both"
+        )
+    if not all(v > 0 for v in out["std"]):
+        raise DataError(
+            f"dataset.normalize.std = {out['std']} must be positive (a zero "
+            "standard deviation would divide by zero)"
+        )
+    return out
+
+
+def normalize_inputs(dataset: Dataset, spec: str | dict[str, Any]) -> Dataset:
+    """The dataset with its inputs standardised per channel, ``(x - mean) / std``.
+
+    The channel is the first input dimension (``C`` of ``(C, H, W)``, or each of the
+    features of a flat input). ``spec`` is ``"train"``, which takes each channel's
+    mean and standard deviation over the training inputs (so the test inputs use
+    the training statistics), or ``{"mean": [...], "std": [...]}`` with one value
+    per channel or one for all: the constants vision pipelines publish, for
+    example ``{mean: [0.2860], std: [0.3530]}`` for Fashion-MNIST, which is what
+    Avalanche's ``SplitFMNIST`` applies by default.
+
+    Raises:
+        DataError: A bad ``spec``, a channel count that does not match the inputs, or
+            a channel that is constant in the training inputs (``"train"``).
+    """
+    spec = check_normalize(spec)
+    channels = dataset.input_shape[0] if dataset.input_shape else 1
+    view = (1, channels) + (1,) * (len(dataset.input_shape) - 1)
+    if spec == "train":
+        per_channel = dataset.train_x.transpose(0, 1).reshape(channels, -1)
+        mean = per_channel.mean(dim=1)
+        std = per_channel.std(dim=1)
+        if not bool((std > 0).all()):
+            constant = int((std == 0).nonzero()[0])
+            raise DataError(
+                f"dataset {dataset.name!r}: channel {constant} of the training inputs "
+                "is constant, so normalize = 'train' would divide by zero; give "
+                "{mean: [...], std: [...]} instead"
+            )
+    else:
+        mean = torch.tensor(spec["mean"], dtype=dataset.train_x.dtype)
+        std = torch.tensor(spec["std"], dtype=dataset.train_x.dtype)
+        if len(mean) not in (1, channels):
+            raise DataError(
+                f"dataset {dataset.name!r} has {channels} input channels but "
+                f"normalize gives {len(mean)} means and standard deviations; give "
+                f"1 or {channels}"
+            )
+        mean, std = mean.expand(channels), std.expand(channels)
+    mean, std = mean.reshape(view), std.reshape(view)
+    return dataclasses.replace(
+        dataset,
+        train_x=(dataset.train_x - mean) / std,
+        test_x=(dataset.test_x - mean) / std,
+    )

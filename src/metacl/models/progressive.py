@@ -194,6 +194,9 @@ class ProgressiveNet(nn.Module):
                 f"task ids must lie in [0, {len(self.columns)}) for a progressive "
                 f"network of {len(self.columns)} columns; got {task.unique().tolist()}"
             )
+        # NOTE: when every sample belongs to the last column needed (a task-incremental
+        # batch), the earlier columns only feed it, so their output layers are skipped
+        single = len(task) > 0 and bool((task == needed - 1).all())
         h0 = x.flatten(1) if self.spec[0].kind == "linear" else x
         # inputs[k][i]: what column k feeds into its layer i
         inputs: list[list[Tensor]] = []
@@ -206,6 +209,8 @@ class ProgressiveNet(nn.Module):
                 zip(column.layers, self.spec, strict=True)
             ):
                 feeds.append(h)
+                if spec.last and single and k < needed - 1:
+                    break
                 z = layer(h)
                 if k > 0 and i > 0:
                     z = z + column.adapters[i - 1]([inputs[j][i] for j in range(k)])
@@ -219,8 +224,8 @@ class ProgressiveNet(nn.Module):
                     h = h.flatten(1)
             inputs.append(feeds)
             outputs.append(h)
-        if needed == 1:
-            return outputs[0]
+        if needed == 1 or single:
+            return outputs[-1]
         stacked = torch.stack(outputs)  # (columns, batch, outputs)
         return stacked[task, torch.arange(len(x), device=x.device)]
 

@@ -153,13 +153,35 @@ def fisher_diagonal(
         tg = torch.full((len(xg),), task, dtype=torch.int64, device=xg.device)
         return F.cross_entropy(logits_fn(p, xg, tg), yg)
 
-    per_group = vmap(grad(group_loss), in_dims=(None, 0, 0))
-
     # groups of `batch_size` samples; a last, smaller group counts as one
+    n_groups = -(-n // batch_size)
+    if batch_size > 1:
+        # NOTE: mini-batch groups go one at a time through plain autograd: their
+        # matrix products are large enough to run at full speed, where a vmap over
+        # groups would materialise every group's gradient of a chunk at once (memory
+        # bound) and costs about a second of setup on its first call in a process.
+        # Per-sample groups (batch_size 1) are what vmap is for.
+        leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        names = list(leaves)
+        for start in range(0, n, batch_size):
+            with torch.enable_grad():  # callers may hold no_grad
+                loss = group_loss(
+                    leaves, x[start : start + batch_size], y[start : start + batch_size]
+                )
+                grads = torch.autograd.grad(
+                    loss, [leaves[k] for k in names], allow_unused=True
+                )
+            for name, g in zip(names, grads, strict=True):
+                if g is not None:
+                    fisher[name].addcmul_(g, g)
+        for name in fisher:
+            fisher[name] /= n_groups
+        return fisher
+
+    per_group = vmap(grad(group_loss), in_dims=(None, 0, 0))
     n_params = sum(p.numel() for p in params.values())
     groups_per_chunk = max(1, max_floats // max(n_params, 1))
     n_full = n // batch_size
-    n_groups = n_full + (1 if n % batch_size else 0)
     for start in range(0, n_full, groups_per_chunk):
         stop = min(start + groups_per_chunk, n_full)
         xg = x[start * batch_size : stop * batch_size]

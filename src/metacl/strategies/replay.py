@@ -317,20 +317,38 @@ class DERpp(_MemoryStrategy):
         )
         self.alpha = alpha
         self.beta = beta
+        # the three passes of a step can share one forward unless a layer's output
+        # depends on the other samples of its batch (batch normalisation in training)
+        self.fused = not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+        )
 
     def observe(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        raw = raw_outputs(self, x, task)
-        loss = self.criterion(apply_mask(self, raw, task), y)
+        first = second = None
         if len(self.memory):
             if self.alpha > 0:
                 first = self.memory.sample(self.replay_batch_size)
-                replayed = raw_outputs(self, first.x, first.task)
-                loss = loss + self.alpha * F.mse_loss(replayed, first.logits)
             if self.beta > 0:
                 second = self.memory.sample(self.replay_batch_size)
-                out = self.forward(second.x, second.task)
-                loss = loss + self.beta * self.criterion(out, second.y)
+        inputs = [(x, task)] + [(b.x, b.task) for b in (first, second) if b is not None]
+        if len(inputs) > 1 and self.fused:
+            # NOTE: one forward pass over the batch and both memory batches; each
+            # sample's outputs are those of its own pass, since no layer mixes samples
+            raws = raw_outputs(
+                self,
+                torch.cat([i[0] for i in inputs]),
+                torch.cat([i[1] for i in inputs]),
+            ).split([len(i[0]) for i in inputs])
+        else:
+            raws = [raw_outputs(self, xi, ti) for xi, ti in inputs]
+        raw = raws[0]
+        loss = self.criterion(apply_mask(self, raw, task), y)
+        if first is not None:
+            loss = loss + self.alpha * F.mse_loss(raws[1], first.logits)
+        if second is not None:
+            out = apply_mask(self, raws[-1], second.task)
+            loss = loss + self.beta * self.criterion(out, second.y)
         loss.backward()
         self.optimizer.step()
         if self.update == "batch":
