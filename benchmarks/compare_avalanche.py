@@ -16,14 +16,26 @@ Same streams, same model, same seeds, same hyperparameters, one epoch per experi
 - model: MLP 784-400-400-10 (ReLU). In the task-incremental protocol both libraries
   use the single head with the outputs of the other tasks' classes masked (metacl's
   task_incremental scenario; on the Avalanche side a small ``MultiTaskModule``);
-- SGD, lr 0.01, batch 32, eval batch 1000, one torch thread, every run in its own
-  process (peak memory = that process's max RSS, data included). Run the driver with
-  the Avalanche venv's python after ``pip install --no-deps -e .`` there (plus
-  ``mnist1d``, ``scikit-learn``) so that both libraries run on the same torch build.
+- SGD, lr 0.01, batch 32, eval batch 1000, ``--threads`` torch threads (default 1)
+  in both libraries, every run in its own process (peak memory = that process's max
+  RSS, data included). Run the driver with the Avalanche venv's python after ``pip
+  install --no-deps -e .`` there (plus ``mnist1d``, ``scikit-learn``) so that both
+  libraries run on the same torch build.
+- two setups (``--avalanche-setup``). ``default``: Avalanche out of the box, as its
+  documentation runs it: its own benchmark builders on torchvision's Fashion-MNIST
+  (``SplitFMNIST``; for the permuted protocol the construction of its
+  ``PermutedMNIST``), whose default per-sample transforms (``ToTensor``,
+  ``Normalize(0.2860, 0.3530)``) run each time a sample is drawn, and its default
+  evaluator (accuracy and loss metrics, interactive logger); metacl loads the same
+  images normalised with the same constants (``dataset.normalize``), so both train
+  on the same values. ``tensors``: Avalanche receives metacl's stream as tensors (no
+  per-sample work) and an evaluator of experience accuracy only, without logger: its
+  fastest input path;
 
 Every (protocol, strategy, seed) runs metacl then Avalanche (A B A B: the machine is
 shared and noisy) and appends one JSON line per library to ``--results``; runs found
-there are skipped, so the grid can run in chunks. ``--report`` prints the table.
+there are skipped, so the grid can run in chunks. ``--report`` prints one table per
+(threads, setup).
 
 Hyperparameters (identical objectives; where the two libraries write a constant
 differently, the conversion is stated):

@@ -337,6 +337,8 @@ class SI(_QuadraticPenalty):
         self.start = {n: p.detach().clone() for n, p in params.items()}
         self.path = {n: torch.zeros_like(p) for n, p in params.items()}
         self.omega = {n: torch.zeros_like(p) for n, p in params.items()}
+        self._grads: dict[str, Tensor] = {}
+        self._before: dict[str, Tensor] = {}
 
     def observe(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -344,21 +346,27 @@ class SI(_QuadraticPenalty):
         loss.backward()
         params = trainable(self)
 
-        # remember the unregularised gradient and where the step starts
+        # remember the unregularised gradient and where the step starts (in buffers
+        # kept from step to step: they are scratch, not state)
         with torch.no_grad():
-            grads = {
-                n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-                for n, p in params.items()
-            }
-            before = {n: p.detach().clone() for n, p in params.items()}
+            if self._grads.keys() != params.keys():
+                self._grads = {n: torch.empty_like(p) for n, p in params.items()}
+                self._before = {n: torch.empty_like(p) for n, p in params.items()}
+            for n, p in params.items():
+                if p.grad is None:
+                    self._grads[n].zero_()
+                else:
+                    self._grads[n].copy_(p.grad)
+                self._before[n].copy_(p)
             if self.importance:
                 loss = loss.detach() + self._add_penalty_gradient()
         self.optimizer.step()
 
-        # credit each parameter with its share of the loss decrease
+        # credit each parameter with its share of the loss decrease:
+        # path -= g * (theta(t+1) - theta(t)), with before - after in place
         with torch.no_grad():
             for n, p in params.items():
-                self.path[n].addcmul_(grads[n], p - before[n], value=-1.0)
+                self.path[n].addcmul_(self._grads[n], self._before[n].sub_(p))
         return loss.detach()
 
     @torch.no_grad()
