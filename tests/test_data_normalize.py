@@ -51,6 +51,18 @@ def test_load_dataset_takes_normalize() -> None:
 
     assert torch.allclose(normalized.train_x, (plain.train_x - 0.3) / 0.5)
     assert torch.allclose(normalized.test_x, (plain.test_x - 0.3) / 0.5)
+    # it normalises its own copy in place: a later plain load is unchanged
+    assert torch.equal(load_dataset("digits").train_x, plain.train_x)
+
+
+def test_in_place_overwrites_the_given_tensors() -> None:
+    ds = _two_channel()
+    expected = normalize_inputs(ds, {"mean": 1.0, "std": 2.0})
+    original = ds.train_x
+    out = normalize_inputs(ds, {"mean": 1.0, "std": 2.0}, in_place=True)
+    assert out.train_x is original
+    assert torch.equal(out.train_x, expected.train_x)
+    assert torch.equal(out.test_x, expected.test_x)
 
 
 @pytest.mark.parametrize(
