@@ -197,26 +197,15 @@ def metacl_config(
     }
 
 
-def metacl_worker(
-    protocol: str,
-    strategy: str,
-    seed: int,
-    permuted_samples: int | None = None,
-    memory_update: str = "experience",
-    threads: int = 1,
-    setup: str = "tensors",
-) -> dict:
+def metacl_worker(protocol: str, strategy: str, seed: int, **settings) -> dict:
+    """One metacl run; ``settings`` as :func:`metacl_config` takes them."""
     import torch
 
     from metacl.config import resolve_config
     from metacl.experiment import run_single
 
-    torch.set_num_threads(threads)
-    config = resolve_config(
-        metacl_config(
-            protocol, strategy, seed, permuted_samples, memory_update, threads, setup
-        )
-    )
+    config = resolve_config(metacl_config(protocol, strategy, seed, **settings))
+    torch.set_num_threads(config.train["threads"])
     result = run_single(config, 0, seed)
     T = len(result.R)
     return {
@@ -1181,10 +1170,10 @@ def main() -> None:
                 protocol,
                 strategy,
                 int(seed),
-                args.permuted_samples,
-                args.memory_update,
-                args.threads,
-                args.avalanche_setup,
+                permuted_samples=args.permuted_samples,
+                memory_update=args.memory_update,
+                threads=args.threads,
+                setup=args.avalanche_setup,
             )
         elif library == "bare":
             out = bare_worker(

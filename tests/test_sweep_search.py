@@ -31,7 +31,8 @@ def search_sweep(tmp_path, lrs, **extra):
     return sweep_from_dict(data)
 
 
-def fake(run_id, valid, test):
+def make_record(R, R_valid=None, run_id="r", **fields):
+    """A one-strategy record with the matrices given."""
     return RunRecord(
         run_id=run_id,
         config={},
@@ -39,9 +40,16 @@ def fake(run_id, valid, test):
         strategy="x",
         seed=0,
         stream="s",
-        R=[[test, test], [test, test]],
-        b=[0.0, 0.0],
-        R_valid=[[valid, valid], [valid, valid]],
+        R=R,
+        b=[0.0] * len(R[0]),
+        R_valid=R_valid,
+        **fields,
+    )
+
+
+def fake(run_id, valid, test):
+    return make_record(
+        [[test, test], [test, test]], [[valid, valid], [valid, valid]], run_id=run_id
     )
 
 
@@ -102,16 +110,7 @@ def test_validation_score_reads_the_validation_matrix_only():
     record = fake("r", valid=0.25, test=0.75)
     assert validation_score(record, "acc") == 0.25
     assert validation_score(record, "la") == 0.25
-    no_valid = RunRecord(
-        run_id="r",
-        config={},
-        label="x",
-        strategy="x",
-        seed=0,
-        stream="s",
-        R=[[1.0]],
-        b=[0.0],
-    )
+    no_valid = make_record([[1.0]])
     assert math.isnan(validation_score(no_valid))
 
 
@@ -160,27 +159,16 @@ def test_regression_scores_are_negated_losses_and_joint_has_no_la():
     """A regression matrix holds losses: the lower loss must score higher. Joint
     training's one-row matrix has no learning accuracy: 'la' reads its final row."""
 
-    def record(R_valid, kind="classification"):
-        return RunRecord(
-            run_id="r",
-            config={},
-            label="x",
-            strategy="x",
-            seed=0,
-            stream="s",
-            R=R_valid,
-            b=[0.0] * len(R_valid[0]),
-            R_valid=R_valid,
-            kind=kind,
-        )
+    def valid(R_valid, kind="classification"):
+        return make_record(R_valid, R_valid, kind=kind)
 
     low, high = (
-        record([[0.5, 1.0], [0.3, 0.1]], "regression"),
-        record([[0.5, 1.0], [2.0, 3.0]], "regression"),
+        valid([[0.5, 1.0], [0.3, 0.1]], "regression"),
+        valid([[0.5, 1.0], [2.0, 3.0]], "regression"),
     )
     assert validation_score(low) == pytest.approx(-0.2)
     assert validation_score(low) > validation_score(high)
-    joint = record([[0.6, 0.8]])
+    joint = valid([[0.6, 0.8]])
     assert validation_score(joint, "la") == pytest.approx(0.7)
 
 

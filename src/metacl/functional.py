@@ -67,6 +67,7 @@ __all__ = [
     "per_task_buffers",
     "forward",
     "select",
+    "split_adapted",
     "adapt",
     "second_order_vmap_hazards",
 ]
@@ -240,6 +241,22 @@ def forward(model: nn.Module, params: Params, buffers: Buffers, x: Tensor) -> Te
     return functional_call(model, (params, buffers), (x,))
 
 
+def split_adapted(
+    params: Params, names: Collection[str], *, first_order: bool
+) -> tuple[Params, Params, Params]:
+    """``params`` split into the adapted ones (``names``) and the fixed rest, and the
+    fixed rest as the inner gradients see it.
+
+    NOTE: a first-order inner gradient is a constant, so it is taken at detached
+    fixed parameters; no graph of the inner gradients reaches the outer loss.
+    """
+    fast = {n: params[n] for n in names}
+    fixed = {n: p for n, p in params.items() if n not in fast}
+    if first_order:
+        return fast, fixed, {n: p.detach() for n, p in fixed.items()}
+    return fast, fixed, fixed
+
+
 def select(params: Params, only: Collection[str] | None) -> list[str]:
     """The names in ``params`` picked by ``only``, in the dictionary's order.
 
@@ -331,14 +348,7 @@ def adapt(
     names = select(params, only)
 
     buffers = {k: b.clone() for k, b in buffers.items()}
-    fast = {n: params[n] for n in names}
-    fixed = {n: p for n, p in params.items() if n not in fast}
-    if first_order:
-        # NOTE: a first-order inner gradient is a constant, so it is taken at detached
-        # parameters; no graph of the inner gradients reaches the outer loss.
-        fixed_for_grad = {n: p.detach() for n, p in fixed.items()}
-    else:
-        fixed_for_grad = fixed
+    fast, fixed, fixed_for_grad = split_adapted(params, names, first_order=first_order)
 
     def support_loss(fast: Params, buffers: Buffers) -> Tensor:
         out = functional_call(

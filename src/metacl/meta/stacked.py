@@ -42,6 +42,7 @@ from metacl.functional import (
     StepRule,
     as_step_rule,
     select,
+    split_adapted,
 )
 
 __all__ = ["LinearStack", "per_task_loss", "stacked_rule", "stacked_maml_losses"]
@@ -205,13 +206,7 @@ def stacked_maml_losses(
 
     # every task starts from the shared initialisation
     stacked = {n: p.expand(tasks, *p.shape) for n, p in params.items()}
-    fast = {n: stacked[n] for n in names}
-    fixed = {n: p for n, p in stacked.items() if n not in fast}
-    if first_order:
-        # NOTE: as in adapt, first-order inner gradients are constants
-        fixed_for_grad = {n: p.detach() for n, p in fixed.items()}
-    else:
-        fixed_for_grad = fixed
+    fast, fixed, fixed_for_grad = split_adapted(stacked, names, first_order=first_order)
 
     state = rule.init(fast)
     for _ in range(steps):

@@ -178,26 +178,17 @@ def fisher_diagonal(
             fisher[name] /= n_groups
         return fisher
 
-    per_group = vmap(grad(group_loss), in_dims=(None, 0, 0))
+    # one sample per group: every sample's own gradient, in chunks of samples
+    per_sample = vmap(grad(group_loss), in_dims=(None, 0, 0))
     n_params = sum(p.numel() for p in params.values())
-    groups_per_chunk = max(1, max_floats // max(n_params, 1))
-    n_full = n // batch_size
-    for start in range(0, n_full, groups_per_chunk):
-        stop = min(start + groups_per_chunk, n_full)
-        xg = x[start * batch_size : stop * batch_size]
-        yg = y[start * batch_size : stop * batch_size]
-        xg = xg.reshape(stop - start, batch_size, *x.shape[1:])  # (groups, batch, ...)
-        yg = yg.reshape(stop - start, batch_size)
-        grads = per_group(params, xg, yg)
-        for name in fisher:
-            fisher[name] += (grads[name] ** 2).sum(0)
-    if n % batch_size:
-        rest_x, rest_y = x[n_full * batch_size :], y[n_full * batch_size :]
-        grads = per_group(params, rest_x.unsqueeze(0), rest_y.unsqueeze(0))
+    chunk = max(1, max_floats // max(n_params, 1))
+    for start in range(0, n, chunk):
+        xs, ys = x[start : start + chunk], y[start : start + chunk]
+        grads = per_sample(params, xs.unsqueeze(1), ys.unsqueeze(1))
         for name in fisher:
             fisher[name] += (grads[name] ** 2).sum(0)
     for name in fisher:
-        fisher[name] /= n_groups
+        fisher[name] /= n
     return fisher
 
 
