@@ -385,3 +385,27 @@ def test_ewc_true_fisher_draws_labels_from_the_model(blobs, kind):
         # = 0.08 at weight[0, 0] instead of 0.12
         assert float(weight[0, 0]) > 0.1
     assert (weight[:, 2:] == 0).all()  # those inputs are always 0
+
+
+def test_lwf_distils_exactly_the_old_classes_consecutive_or_not(blobs):
+    from metacl.strategies.penalties import distillation_loss
+
+    stream, lwf = _setup(blobs, "lwf")
+    _train(lwf, stream.experiences[0])
+    x = stream.experiences[1].train_x[:16]
+    for _ in range(3):  # move away from the snapshot
+        lwf.observe(
+            x, stream.experiences[1].train_y[:16], stream.experiences[1].task_ids(16)
+        )
+    raw = lwf.model(x)
+    with torch.no_grad():
+        old = lwf.old_model(x)
+    for classes in ([0, 1], [1, 2, 3], [0, 2, 5]):
+        lwf.old_classes = {-1: classes}
+        index = torch.tensor(classes)
+        expected = distillation_loss(
+            raw[:, index], old[:, index], temperature=lwf.temperature
+        )
+        assert torch.allclose(lwf._distillation(x, raw), expected)
+    assert regularization._columns([1, 2, 3]) == slice(1, 4)
+    assert regularization._columns([0, 2, 5]) == [0, 2, 5]

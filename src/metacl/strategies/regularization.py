@@ -393,6 +393,14 @@ class SI(_QuadraticPenalty):
         self.omega = dict(state["si_omega"])
 
 
+def _columns(classes: list[int]) -> slice | list[int]:
+    """Index of the output columns of ``classes`` (sorted): a slice, a view without
+    a copy, when they are consecutive, as they are in every built-in scenario."""
+    if classes[-1] - classes[0] + 1 == len(classes):
+        return slice(classes[0], classes[-1] + 1)
+    return classes
+
+
 @register_strategy("lwf", summary="learning without forgetting (Li & Hoiem 2016)")
 class LwF(Strategy):
     """Learning without forgetting: distil the previous model's outputs on new data.
@@ -455,8 +463,9 @@ class LwF(Strategy):
                     with torch.no_grad():
                         old_raw = self.old_model(x)
                 old = old_raw
+            columns = _columns(classes)
             total = total + distillation_loss(
-                new[:, classes], old[:, classes], temperature=self.temperature
+                new[:, columns], old[:, columns], temperature=self.temperature
             )
         return total
 
