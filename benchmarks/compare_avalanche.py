@@ -985,10 +985,11 @@ def report(args: argparse.Namespace) -> None:
 def _report_setup(records: list[dict]) -> None:
     print(
         "| protocol | strategy | seeds | metacl ACC | Avalanche ACC | metacl BWT | "
-        "Avalanche BWT | ACC goal | train s (m / A) | train ratio | eval s (m / A) | "
-        "eval ratio | peak MB (m / A) |"
+        "Avalanche BWT | ACC goal | train s (m / A) | train ratio | train / naive "
+        "(m / A) | eval s (m / A) | eval ratio | speed goals (5x / 10x) | "
+        "peak MB (m / A) |"
     )
-    print("|" + " --- |" * 13)
+    print("|" + " --- |" * 15)
     variants = sorted(
         {(r["protocol"], r.get("permuted_samples")) for r in records},
         key=lambda v: (PROTOCOLS.index(v[0]), v[1] or 0),
@@ -1045,12 +1046,38 @@ def _report_setup(records: list[dict]) -> None:
                     by_seed["avalanche"][s] / by_seed["metacl"][s] for s in seeds
                 )
 
+            # each library's training time over its own naive's (medians): what the
+            # strategy adds to the floor in each
+            naive = {
+                lib: [
+                    r["train_s"]
+                    for r in records
+                    if r["library"] == lib
+                    and r["protocol"] == protocol
+                    and r.get("permuted_samples") == samples
+                    and r["strategy"] == "naive"
+                    and r["seed"] in seeds
+                ]
+                for lib in ("metacl", "avalanche")
+            }
+            over = " / ".join(
+                f"{med(lib, 'train_s') / statistics.median(naive[lib]):.2f}"
+                if naive[lib]
+                else "n/a"
+                for lib in ("metacl", "avalanche")
+            )
+            train_ratio, eval_ratio = ratio("train_s"), ratio("eval_s")
+            speed = " / ".join(
+                "yes" if value >= goal_ratio else "no"
+                for value, goal_ratio in ((train_ratio, 5.0), (eval_ratio, 10.0))
+            )
             mm, am = med("metacl", "peak_rss_mb"), med("avalanche", "peak_rss_mb")
             print(
                 f"| {title} | {label} | {len(seeds)} | {ma:.3f} ± {mh:.3f} | "
                 f"{aa:.3f} ± {ah:.3f} | {mb:+.3f} ± {mbh:.3f} | {ab:+.3f} ± {abh:.3f} | "
-                f"{goal} | {mt:.1f} / {at:.1f} | {ratio('train_s'):.1f}x | "
-                f"{me:.2f} / {ae:.2f} | {ratio('eval_s'):.1f}x | {mm:.0f} / {am:.0f} |"
+                f"{goal} | {mt:.1f} / {at:.1f} | {train_ratio:.1f}x | {over} | "
+                f"{me:.2f} / {ae:.2f} | {eval_ratio:.1f}x | {speed} | "
+                f"{mm:.0f} / {am:.0f} |"
             )
 
     # the floor: naive fine-tuning as a bare loop, beside both libraries' naive

@@ -409,3 +409,45 @@ def test_lwf_distils_exactly_the_old_classes_consecutive_or_not(blobs):
         assert torch.allclose(lwf._distillation(x, raw), expected)
     assert regularization._columns([1, 2, 3]) == slice(1, 4)
     assert regularization._columns([0, 2, 5]) == [0, 2, 5]
+
+
+def test_si_path_from_plain_sgd_gradients_equals_the_measured_displacement(
+    blobs, monkeypatch
+):
+    # plain SGD takes the closed-form path (lr * g * grad); the general path measures
+    # theta(t) - theta(t+1). Both must accumulate the same path, penalty included.
+    def run():
+        stream, si = _setup(blobs, "si", strength=5.0)
+        _train(si, stream.experiences[0], steps=6)  # ends it: importance from path
+        second = stream.experiences[1]
+        si.begin_experience(second)
+        for i in range(6):  # the path of an experience under the penalty
+            x, y = (
+                second.train_x[16 * i : 16 * (i + 1)],
+                second.train_y[16 * i : 16 * (i + 1)],
+            )
+            si.observe(x, y, second.task_ids(len(x)))
+        return si
+
+    fast = run()
+    assert regularization._plain_sgd_lr(fast.optimizer) == 0.1
+    assert float(fast.importance["features.1.weight"].abs().sum()) > 0  # penalty on
+    monkeypatch.setattr(regularization, "_plain_sgd_lr", lambda optimizer: None)
+    general = run()
+    assert sum(float(path.abs().sum()) for path in fast.path.values()) > 0
+    for n, path in fast.path.items():
+        assert torch.allclose(path, general.path[n], rtol=1e-3, atol=1e-9)
+        assert torch.allclose(fast.omega[n], general.omega[n], rtol=1e-3, atol=1e-9)
+
+
+def test_plain_sgd_is_recognised_only_without_momentum_or_weight_decay():
+    p = [nn.Parameter(torch.zeros(2))]
+    assert regularization._plain_sgd_lr(torch.optim.SGD(p, lr=0.3)) == 0.3
+    assert (
+        regularization._plain_sgd_lr(torch.optim.SGD(p, lr=0.3, momentum=0.9)) is None
+    )
+    assert (
+        regularization._plain_sgd_lr(torch.optim.SGD(p, lr=0.3, weight_decay=1e-4))
+        is None
+    )
+    assert regularization._plain_sgd_lr(torch.optim.Adam(p, lr=0.3)) is None

@@ -290,6 +290,18 @@ class OnlineEWC(_QuadraticPenalty):
         self.anchor = {n: p.detach().clone() for n, p in trainable(self).items()}
 
 
+def _plain_sgd_lr(optimizer: torch.optim.Optimizer) -> float | None:
+    """The learning rate when ``optimizer.step()`` is exactly
+    ``theta <- theta - lr * grad`` (SGD, one parameter group, no momentum, no weight
+    decay); None for any other optimizer."""
+    if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
+        return None
+    group = optimizer.param_groups[0]
+    if group["momentum"] or group["weight_decay"] or group.get("maximize", False):
+        return None
+    return float(group["lr"])
+
+
 @register_strategy("si", summary="synaptic intelligence (Zenke et al. 2017)")
 class SI(_QuadraticPenalty):
     """Synaptic intelligence.
@@ -300,6 +312,12 @@ class SI(_QuadraticPenalty):
     ``path_k / (delta_k^2 + xi)`` (``delta``: its displacement over the experience),
     and training minimises ``loss + strength * sum_k Omega_k (theta_k - theta~_k)^2``
     with ``theta~`` the parameters at the end of the previous experience.
+
+    The step ``theta(t+1) - theta(t)`` is the optimizer's actual displacement. With
+    plain SGD (no momentum, no weight decay) it is ``-lr * grad`` exactly, and the
+    path is accumulated from the gradients without a copy of the parameters; with
+    any other optimizer the parameters are copied before the step and subtracted
+    after it.
 
     Args:
         model, stream, optimizer: As :class:`EWC`.
@@ -345,9 +363,11 @@ class SI(_QuadraticPenalty):
         loss = self.criterion(self.forward(x, task), y)
         loss.backward()
         params = trainable(self)
+        lr = _plain_sgd_lr(self.optimizer)
 
-        # remember the unregularised gradient and where the step starts (in buffers
-        # kept from step to step: they are scratch, not state)
+        # remember the unregularised gradient and, unless the step is known in closed
+        # form, where the step starts (in buffers kept from step to step: they are
+        # scratch, not state)
         with torch.no_grad():
             if self._grads.keys() != params.keys():
                 self._grads = {n: torch.empty_like(p) for n, p in params.items()}
@@ -357,16 +377,21 @@ class SI(_QuadraticPenalty):
                     self._grads[n].zero_()
                 else:
                     self._grads[n].copy_(p.grad)
-                self._before[n].copy_(p)
+                if lr is None:
+                    self._before[n].copy_(p)
             if self.importance:
                 loss = loss.detach() + self._add_penalty_gradient()
         self.optimizer.step()
 
-        # credit each parameter with its share of the loss decrease:
-        # path -= g * (theta(t+1) - theta(t)), with before - after in place
+        # credit each parameter with its share of the loss decrease,
+        # path -= g * (theta(t+1) - theta(t)): plain SGD moved it by exactly
+        # -lr * grad (grad including the penalty's); otherwise before - after
         with torch.no_grad():
             for n, p in params.items():
-                self.path[n].addcmul_(self._grads[n], self._before[n].sub_(p))
+                if lr is None:
+                    self.path[n].addcmul_(self._grads[n], self._before[n].sub_(p))
+                elif p.grad is not None:
+                    self.path[n].addcmul_(self._grads[n], p.grad, value=lr)
         return loss.detach()
 
     @torch.no_grad()
