@@ -371,6 +371,7 @@ class SI(_QuadraticPenalty):
         with torch.no_grad():
             if self._grads.keys() != params.keys():
                 self._grads = {n: torch.empty_like(p) for n, p in params.items()}
+            if lr is None and self._before.keys() != params.keys():
                 self._before = {n: torch.empty_like(p) for n, p in params.items()}
             for n, p in params.items():
                 if p.grad is None:
