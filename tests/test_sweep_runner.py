@@ -183,14 +183,18 @@ def test_kill_9_mid_sweep_then_restart_gives_the_uninterrupted_results(tmp_path)
     )
     runs_dir = tmp_path / "cut" / "kill" / "runs"
     deadline = time.time() + 180
-    # wait for a finished run and a run in the middle of its experiences
+    # wait for a finished run and a run in the middle of its experiences, with at
+    # least one whole experience still ahead of it: a run one experience from its
+    # end could finish between this check and the kill
     while time.time() < deadline:
         folders = list(runs_dir.glob("*")) if runs_dir.exists() else []
         done = [f for f in folders if (f / RESULT).exists()]
         mid = [
             f
             for f in folders
-            if (f / CHECKPOINT).exists() and not (f / RESULT).exists()
+            if (f / CHECKPOINT).exists()
+            and not (f / RESULT).exists()
+            and 0 < _state(f)[1] <= T - 2
         ]
         if done and mid:
             break
