@@ -451,3 +451,37 @@ def test_plain_sgd_is_recognised_only_without_momentum_or_weight_decay():
         is None
     )
     assert regularization._plain_sgd_lr(torch.optim.Adam(p, lr=0.3)) is None
+
+
+@pytest.mark.parametrize("name", ["ewc", "si"])
+def test_consecutive_penalised_steps_follow_loss_plus_penalty(blobs, name):
+    # the penalty's terms live in scratch buffers reused from batch to batch (and
+    # SI's full gradient in one of them): each step must still be the SGD step of
+    # loss + penalty at the current parameters, and report that loss
+    settings = {"lambda_": 50.0} if name == "ewc" else {"strength": 5.0}
+    stream, strategy = _setup(blobs, name, **settings)
+    _train(strategy, stream.experiences[0])
+    _move(strategy.model, 0.05)
+    e = stream.experiences[1]
+    strategy.begin_experience(e)
+    for i in range(3):
+        x, y = e.train_x[16 * i : 16 * (i + 1)], e.train_y[16 * i : 16 * (i + 1)]
+        reference = {
+            n: p.detach().clone().requires_grad_()
+            for n, p in strategy.model.named_parameters()
+        }
+        out = torch.func.functional_call(strategy.model, reference, (x,))
+        total = nn.functional.cross_entropy(out, y) + strategy.scale * (
+            sum(
+                (strategy.importance[n] * (reference[n] - strategy.anchor[n]) ** 2).sum()
+                for n in reference
+            )
+            + strategy.offset
+        )
+        grads = torch.autograd.grad(total, list(reference.values()))
+        reported = strategy.observe(x, y, e.task_ids(len(x)))
+        assert float(reported) == pytest.approx(float(total.detach()), rel=1e-5)
+        for (n, p), g in zip(reference.items(), grads, strict=True):
+            assert torch.allclose(
+                strategy.model.state_dict()[n], p - 0.1 * g, atol=1e-6
+            ), (i, n)

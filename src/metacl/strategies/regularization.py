@@ -14,6 +14,11 @@ Note [analytic penalty gradients]
     mean anchor ``theta_bar = sum_e F_e theta*_e / F``. The strategy keeps only ``F``,
     ``theta_bar`` and the constant, so its cost per batch does not grow with the number
     of experiences, and the loss it reports is the paper's, constant included.
+
+    The difference ``theta - anchor`` and the weighted difference are written into two
+    parameter-sized buffers kept from batch to batch (scratch, not state). Allocating
+    them afresh each batch made SI's extra time per batch over fine-tuning about 1.4
+    times longer (alternating runs, 784-400-400-10 MLP, batch 32, 2 threads).
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ __all__ = ["EWC", "OnlineEWC", "SI", "LwF"]
 logger = logging.getLogger(__name__)
 
 
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
 class _QuadraticPenalty(Strategy):
     """Fine-tuning plus ``scale * sum importance * (theta - anchor)^2``.
 
@@ -63,6 +72,7 @@ class _QuadraticPenalty(Strategy):
         self.importance: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
         self.offset = torch.zeros(())
+        self._scratch: dict[str, tuple[Tensor, Tensor]] = {}
 
     @classmethod
     def check_stream(cls, stream: Stream) -> None:
@@ -78,18 +88,30 @@ class _QuadraticPenalty(Strategy):
         return self.scale * value
 
     @torch.no_grad()
+    def _penalty_terms(self, name: str, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(importance * diff . diff, diff, importance * diff)`` for parameter
+        ``name``, with ``diff = p - anchor``, in scratch buffers (overwritten by the
+        next call for the same name)."""
+        buffers = self._scratch.get(name)
+        if buffers is None or not _same_layout(buffers[0], p):
+            buffers = self._scratch[name] = (torch.empty_like(p), torch.empty_like(p))
+        diff, weighted = buffers
+        torch.sub(p, self.anchor[name], out=diff)
+        torch.mul(diff, self.importance[name], out=weighted)
+        # NOTE: a dot product and an add with alpha allocate nothing more; the same
+        # sums written (weighted * diff).sum() and 2 * scale * weighted made this two
+        # to three times slower per batch
+        return torch.dot(weighted.view(-1), diff.view(-1)), diff, weighted
+
+    @torch.no_grad()
     def _add_penalty_gradient(self) -> Tensor:
         """Add the penalty's gradient to every ``.grad``; return the penalty's value."""
         value = self.offset.clone()
         for name, p in trainable(self).items():
-            diff = p - self.anchor[name]
-            weighted = self.importance[name] * diff
-            # NOTE: a dot product and an add with alpha allocate nothing more; the
-            # same sums written (weighted * diff).sum() and 2 * scale * weighted
-            # made this two to three times slower per batch
-            value += torch.dot(weighted.view(-1), diff.view(-1))
+            dot, _, weighted = self._penalty_terms(name, p)
+            value += dot
             if p.grad is None:
-                p.grad = weighted.mul_(2 * self.scale)
+                p.grad = weighted.mul(2 * self.scale)
             else:
                 p.grad.add_(weighted, alpha=2 * self.scale)
         return self.scale * value
@@ -364,35 +386,61 @@ class SI(_QuadraticPenalty):
         loss.backward()
         params = trainable(self)
         lr = _plain_sgd_lr(self.optimizer)
+        if lr is not None:
+            return self._plain_sgd_observe(params, loss, lr)
 
-        # remember the unregularised gradient and, unless the step is known in closed
-        # form, where the step starts (in buffers kept from step to step: they are
-        # scratch, not state)
+        # remember the unregularised gradient and where the step starts (in buffers
+        # kept from step to step: they are scratch, not state)
         with torch.no_grad():
             if self._grads.keys() != params.keys():
                 self._grads = {n: torch.empty_like(p) for n, p in params.items()}
-            if lr is None and self._before.keys() != params.keys():
                 self._before = {n: torch.empty_like(p) for n, p in params.items()}
             for n, p in params.items():
                 if p.grad is None:
                     self._grads[n].zero_()
                 else:
                     self._grads[n].copy_(p.grad)
-                if lr is None:
-                    self._before[n].copy_(p)
+                self._before[n].copy_(p)
             if self.importance:
                 loss = loss.detach() + self._add_penalty_gradient()
         self.optimizer.step()
 
         # credit each parameter with its share of the loss decrease,
-        # path -= g * (theta(t+1) - theta(t)): plain SGD moved it by exactly
-        # -lr * grad (grad including the penalty's); otherwise before - after
+        # path -= g * (theta(t+1) - theta(t))
         with torch.no_grad():
             for n, p in params.items():
-                if lr is None:
-                    self.path[n].addcmul_(self._grads[n], self._before[n].sub_(p))
-                elif p.grad is not None:
-                    self.path[n].addcmul_(self._grads[n], p.grad, value=lr)
+                self.path[n].addcmul_(self._grads[n], self._before[n].sub_(p))
+        return loss.detach()
+
+    @torch.no_grad()
+    def _plain_sgd_observe(
+        self, params: dict[str, Tensor], loss: Tensor, lr: float
+    ) -> Tensor:
+        """The rest of :meth:`observe` under plain SGD, whose step is exactly
+        ``-lr * full`` (``full``: the task gradient ``g`` plus the penalty's), so
+        ``path += lr * g * full``.
+
+        ``g`` stays in ``.grad`` and ``full`` is formed beside it, in a scratch buffer
+        (:meth:`_penalty_terms`), so nothing is copied.
+        """
+        value = self.offset.clone()
+        for n, p in params.items():
+            g = p.grad
+            if not self.importance:
+                if g is not None:
+                    self.path[n].addcmul_(g, g, value=lr)
+                continue
+            dot, diff, weighted = self._penalty_terms(n, p)
+            value += dot
+            if g is None:  # no task gradient: the penalty's alone, no path
+                p.grad = weighted.mul(2 * self.scale)
+                continue
+            full = torch.add(g, weighted, alpha=2 * self.scale, out=diff)
+            self.path[n].addcmul_(g, full, value=lr)
+            p.grad = full
+        self.optimizer.step()
+        if self.importance:
+            loss = loss.detach() + self.scale * value
         return loss.detach()
 
     @torch.no_grad()
