@@ -473,7 +473,9 @@ def test_consecutive_penalised_steps_follow_loss_plus_penalty(blobs, name):
         out = torch.func.functional_call(strategy.model, reference, (x,))
         total = nn.functional.cross_entropy(out, y) + strategy.scale * (
             sum(
-                (strategy.importance[n] * (reference[n] - strategy.anchor[n]) ** 2).sum()
+                (
+                    strategy.importance[n] * (reference[n] - strategy.anchor[n]) ** 2
+                ).sum()
                 for n in reference
             )
             + strategy.offset
