@@ -40,7 +40,9 @@ two runs of a seed ran back to back, under the same load), and the speed goals a
 judged on them; beside each, in parentheses, the ratio of the two libraries' fastest
 runs over the seeds (the machine's noise only adds time). ``train / naive`` is each
 library's training time over its own naive strategy's: what the strategy adds to the
-floor in that library.
+floor in that library. ``--repeats N`` runs each (library, strategy, seed) N times,
+alternating the libraries (m, A, m, A, ...); the report then takes each library's
+fastest run of a seed as that seed's time, and says so in the seeds column.
 
 Hyperparameters (identical objectives; where the two libraries write a constant
 differently, the conversion is stated):
@@ -832,7 +834,28 @@ def _key(record: dict) -> tuple:
         update_of(record),
         threads_of(record),
         setup_of(record),
+        record.get("repeat", 0),
     )
+
+
+def collapse_repeats(records: list[dict]) -> list[dict]:
+    """One record per run key, repeats merged: times are the minimum over the
+    repeats (the machine's noise only adds time), peak memory the maximum, and
+    ``repeats`` how many runs were merged. ACC and BWT are those of the first
+    repeat; both libraries are deterministic for a given seed, so every repeat gives
+    the same numbers."""
+    merged: dict[tuple, dict] = {}
+    for record in records:
+        key = _key(record)[:-1]
+        if key not in merged:
+            merged[key] = {**record, "repeats": 1}
+            continue
+        into = merged[key]
+        into["repeats"] += 1
+        for field in ("train_s", "eval_s"):
+            into[field] = min(into[field], record[field])
+        into["peak_rss_mb"] = max(into["peak_rss_mb"], record["peak_rss_mb"])
+    return list(merged.values())
 
 
 def drive(args: argparse.Namespace) -> None:
@@ -853,101 +876,105 @@ def drive(args: argparse.Namespace) -> None:
     for protocol in args.protocols:
         perms_file = None
         for seed in args.seeds:
-            for strategy in args.strategies:
-                if not fits(protocol, strategy):
+            for strategy, repeat, library in [
+                (strategy, repeat, library)
+                for strategy in args.strategies
+                if fits(protocol, strategy)
+                # repeats alternate the libraries: m, A, m, A, ...
+                for repeat in range(args.repeats)
+                for library in args.libraries
+            ]:
+                if library == "bare" and strategy != "naive":
                     continue
-                for library in args.libraries:
-                    if library == "bare" and strategy != "naive":
-                        continue
-                    samples = args.permuted_samples if protocol == "permuted" else None
-                    update = update_of(
-                        {
-                            "library": library,
-                            "strategy": strategy,
-                            "memory_update": args.memory_update,
-                        }
-                    )
-                    fields = {
+                samples = args.permuted_samples if protocol == "permuted" else None
+                update = update_of(
+                    {
                         "library": library,
-                        "protocol": protocol,
                         "strategy": strategy,
-                        "seed": seed,
-                        "permuted_samples": samples,
-                        "memory_update": update,
-                        "threads": args.threads,
-                        "setup": args.avalanche_setup,
+                        "memory_update": args.memory_update,
                     }
-                    if _key(fields) in done:
-                        continue
-                    worker = ["--worker", library, protocol, strategy, str(seed)]
-                    worker += ["--threads", threads]
-                    if update is not None:
-                        worker += ["--memory-update", update]
-                    worker += ["--avalanche-setup", args.avalanche_setup]
-                    classic = (
-                        library == "avalanche" and args.avalanche_setup == "default"
+                )
+                fields = {
+                    "library": library,
+                    "protocol": protocol,
+                    "strategy": strategy,
+                    "seed": seed,
+                    "permuted_samples": samples,
+                    "memory_update": update,
+                    "threads": args.threads,
+                    "setup": args.avalanche_setup,
+                }
+                if repeat:  # records of a single run keep their old form
+                    fields["repeat"] = repeat
+                if _key(fields) in done:
+                    continue
+                worker = ["--worker", library, protocol, strategy, str(seed)]
+                worker += ["--threads", threads]
+                if update is not None:
+                    worker += ["--memory-update", update]
+                worker += ["--avalanche-setup", args.avalanche_setup]
+                classic = library == "avalanche" and args.avalanche_setup == "default"
+                if classic:
+                    worker += ["--avalanche-root", args.avalanche_root]
+                if samples is not None and library in ("metacl", "bare"):
+                    worker += ["--permuted-samples", str(samples)]
+                elif samples is not None and classic:
+                    subsets_file = (
+                        Path(tempfile.gettempdir())
+                        / f"metacl-subsets-{seed}-{samples}.json"
                     )
-                    if classic:
-                        worker += ["--avalanche-root", args.avalanche_root]
-                    if samples is not None and library in ("metacl", "bare"):
-                        worker += ["--permuted-samples", str(samples)]
-                    elif samples is not None and classic:
-                        subsets_file = (
-                            Path(tempfile.gettempdir())
-                            / f"metacl-subsets-{seed}-{samples}.json"
+                    if not subsets_file.exists():
+                        subsets_file.write_text(
+                            json.dumps(permuted_subsets(seed, samples))
                         )
-                        if not subsets_file.exists():
-                            subsets_file.write_text(
-                                json.dumps(permuted_subsets(seed, samples))
-                            )
-                        worker += ["--subsets", str(subsets_file)]
-                    elif samples is not None:
-                        stream_file = (
-                            Path(tempfile.gettempdir())
-                            / f"metacl-permuted-{seed}-{samples}.pt"
-                        )
-                        if not stream_file.exists():
-                            export_permuted_stream(seed, samples, stream_file)
-                        worker += ["--stream", str(stream_file)]
-                    if (
-                        library == "avalanche"
-                        and protocol == "permuted"
-                        and (samples is None or classic)
-                    ):
-                        perms_file = (
-                            Path(tempfile.gettempdir()) / f"metacl-perms-{seed}.json"
-                        )
-                        perms_file.write_text(json.dumps(permutations(seed, 10)))
-                        worker += ["--perms", str(perms_file)]
-                    python = (
-                        args.avalanche_python
-                        if library == "avalanche"
-                        else sys.executable
+                    worker += ["--subsets", str(subsets_file)]
+                elif samples is not None:
+                    stream_file = (
+                        Path(tempfile.gettempdir())
+                        / f"metacl-permuted-{seed}-{samples}.pt"
                     )
-                    began = time.perf_counter()
-                    try:
-                        record = _run_worker(
-                            python,
-                            worker,
-                            avalanche_env if library == "avalanche" else env,
-                            args.timeout,
-                        )
-                    except (RuntimeError, subprocess.TimeoutExpired) as error:
-                        # one library failing one run does not stop the grid; the
-                        # report leaves out what lacks either side
-                        print(f"FAILED {library} {protocol} {strategy} seed {seed}:")
-                        print(str(error)[-2000:], flush=True)
-                        continue
-                    record.update(fields)
-                    with open(results, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    print(
-                        f"{library:9s} {protocol:8s} {strategy:10s} seed {seed}: ACC "
-                        f"{record['acc']:.4f} BWT {record['bwt']:+.4f} train "
-                        f"{record['train_s']:.1f}s eval {record['eval_s']:.2f}s "
-                        f"({time.perf_counter() - began:.0f}s wall)",
-                        flush=True,
+                    if not stream_file.exists():
+                        export_permuted_stream(seed, samples, stream_file)
+                    worker += ["--stream", str(stream_file)]
+                if (
+                    library == "avalanche"
+                    and protocol == "permuted"
+                    and (samples is None or classic)
+                ):
+                    perms_file = (
+                        Path(tempfile.gettempdir()) / f"metacl-perms-{seed}.json"
                     )
+                    perms_file.write_text(json.dumps(permutations(seed, 10)))
+                    worker += ["--perms", str(perms_file)]
+                python = (
+                    args.avalanche_python if library == "avalanche" else sys.executable
+                )
+                began = time.perf_counter()
+                try:
+                    record = _run_worker(
+                        python,
+                        worker,
+                        avalanche_env if library == "avalanche" else env,
+                        args.timeout,
+                    )
+                except (RuntimeError, subprocess.TimeoutExpired) as error:
+                    # one library failing one run does not stop the grid; the
+                    # report leaves out what lacks either side
+                    print(f"FAILED {library} {protocol} {strategy} seed {seed}:")
+                    print(str(error)[-2000:], flush=True)
+                    continue
+                record.update(fields)
+                with open(results, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(
+                    f"{library:9s} {protocol:8s} {strategy:10s} seed {seed}"
+                    + (f" repeat {repeat}" if args.repeats > 1 else "")
+                    + ": ACC "
+                    f"{record['acc']:.4f} BWT {record['bwt']:+.4f} train "
+                    f"{record['train_s']:.1f}s eval {record['eval_s']:.2f}s "
+                    f"({time.perf_counter() - began:.0f}s wall)",
+                    flush=True,
+                )
 
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
@@ -975,6 +1002,7 @@ def report(args: argparse.Namespace) -> None:
     records = []
     for path in args.results.split(","):
         records += _load(Path(path))
+    records = collapse_repeats(records)
     setups = sorted(
         {(threads_of(r), setup_of(r)) for r in records if r["library"] == "avalanche"}
     )
@@ -1085,8 +1113,14 @@ def _report_setup(records: list[dict]) -> None:
                 for value, goal_ratio in ((train_ratio, 5.0), (eval_ratio, 10.0))
             )
             mm, am = med("metacl", "peak_rss_mb"), med("avalanche", "peak_rss_mb")
+            repeats = {r["repeats"] for lib in pick for r in pick[lib]}
+            counted = str(len(seeds))
+            if repeats != {1}:
+                low, high = min(repeats), max(repeats)
+                runs = f"{low}" if low == high else f"{low}-{high}"
+                counted += f" (min of {runs} runs)"
             print(
-                f"| {title} | {label} | {len(seeds)} | {ma:.3f} ± {mh:.3f} | "
+                f"| {title} | {label} | {counted} | {ma:.3f} ± {mh:.3f} | "
                 f"{aa:.3f} ± {ah:.3f} | {mb:+.3f} ± {mbh:.3f} | {ab:+.3f} ± {abh:.3f} | "
                 f"{goal} | {mt:.1f} / {at:.1f} | {train_ratio:.1f}x "
                 f"({ratio_of_minima('train_s'):.1f}x) | {over} | {me:.2f} / {ae:.2f} | "
@@ -1144,6 +1178,13 @@ def main() -> None:
         "--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per (library, strategy, seed), alternating the libraries; the "
+        "report takes each library's fastest",
+    )
     parser.add_argument(
         "--libraries",
         nargs="+",
