@@ -253,3 +253,58 @@ def test_peak_memory_is_each_runs_own(blobs):
     del big
     again = run_single(cfg, 0, 0, dataset=blobs)
     assert again.timings["peak_rss_mb"] < small.timings["peak_rss_mb"] + 256
+
+
+def test_a_run_directory_in_use_is_refused_and_freed_when_its_process_dies(tmp_path):
+    """A second process given a directory in use gets a clear error and writes
+    nothing there; once the holder is killed (-9), the directory is usable at once."""
+    directory = tmp_path / "run"
+    directory.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib\n"
+            "from metacl.experiment import directory_lock\n"
+            "with directory_lock(pathlib.Path(sys.argv[1])):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(120)\n",
+            str(directory),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (tmp_path / "cfg.yaml").write_text(
+            "seeds: [0]\nstrategy: {name: naive}\nmodel: {name: mlp, hidden: [8]}\n"
+        )
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "metacl.cli",
+                "run",
+                str(tmp_path / "cfg.yaml"),
+                "--out",
+                str(directory),
+                "--quiet",
+                "--no-report",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode != 0
+        assert f"in use by another metacl process (pid {holder.pid})" in (
+            refused.stderr + refused.stdout
+        )
+        assert not (directory / "config.yaml").exists()
+        with pytest.raises(CheckpointError, match=str(holder.pid)):
+            run_experiment(config(), directory=directory)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    result = run_experiment(config(), directory=directory)
+    assert len(result.results[0].R) == 5
+    assert (directory / "config.yaml").exists()

@@ -38,4 +38,5 @@ class TrainingError(MetaclError):
 
 
 class CheckpointError(MetaclError):
-    """A checkpoint is unreadable or belongs to another configuration."""
+    """A checkpoint is unreadable or belongs to another configuration, or its run
+    directory is in use by another process."""

@@ -16,6 +16,7 @@ a resumed run equals an uninterrupted one.
 Layout of a run directory::
 
     DIR/config.yaml                  resolved configuration
+    DIR/.lock                        held by the process running in DIR (its pid)
     DIR/run.log                      log of the run
     DIR/summary.json, summary.csv    numbers per strategy: mean and 95% CI over seeds
     DIR/LABEL/seed_S/result.json     R, b, numbers and timings of one run
@@ -26,6 +27,7 @@ Layout of a run directory::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -604,9 +606,63 @@ def run_experiment(
         5
     """
     path = Path(directory) if directory is not None else None
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        _write_config(path, config)
+    with contextlib.ExitStack() as stack:
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(directory_lock(path))
+            _write_config(path, config)
+        return _run_experiment(config, path, resume, progress, on_result)
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def directory_lock(path: Path):
+    """Hold an exclusive lock on run directory ``path`` while the block runs.
+
+    A second process given the same directory gets a clear error instead of
+    writing checkpoints and results beside the first. The operating system drops the
+    lock when its process ends, killed or not, so an interrupted run leaves no stale
+    lock behind and can be resumed at once.
+
+    Raises:
+        CheckpointError: Another process holds the lock (its pid is named).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    with open(path / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise CheckpointError(
+                f"run directory {str(path)!r} is in use by another metacl process "
+                f"(pid {holder}); wait for it to finish, or give another output "
+                "directory (--out)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_experiment(
+    config: RunConfig,
+    path: Path | None,
+    resume: bool,
+    progress: Progress | None,
+    on_result: Callable[[SeedResult], None] | None,
+) -> ExperimentResult:
+    """:func:`run_experiment` once its directory (if any) is locked."""
     handler = None
     if path is not None:
         handler = logging.FileHandler(path / "run.log")
