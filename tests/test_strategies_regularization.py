@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -487,3 +488,76 @@ def test_consecutive_penalised_steps_follow_loss_plus_penalty(blobs, name):
             assert torch.allclose(
                 strategy.model.state_dict()[n], p - 0.1 * g, atol=1e-6
             ), (i, n)
+
+
+@pytest.mark.parametrize(
+    "scenario, multi_head",
+    [
+        ("class_incremental", False),
+        ("task_incremental", False),
+        ("task_incremental", True),
+    ],
+)
+def test_lwf_recorded_old_outputs_train_as_the_per_batch_ones(
+    blobs, scenario, multi_head
+):
+    """With ``index`` the old model's outputs come from the record made when the
+    experience begins (the old model is not run per batch) and the training is the
+    one that runs the old model on every batch."""
+
+    def run(with_index):
+        stream, lwf = _setup(blobs, "lwf", scenario, multi_head, alpha=2.0)
+        _train(lwf, stream.experiences[0])
+        _train(lwf, stream.experiences[1])
+        calls = []
+        lwf.old_model.register_forward_hook(lambda *_: calls.append(1))
+        e = stream.experiences[2]
+        lwf.begin_experience(e)
+        recorded_calls = len(calls)
+        order = torch.randperm(
+            len(e.train_x), generator=torch.Generator().manual_seed(3)
+        )
+        losses = []
+        for start in range(0, 64, 16):
+            index = order[start : start + 16]
+            x, y, t = e.train_x[index], e.train_y[index], e.task_ids(16)
+            extra = {"index": index} if with_index else {}
+            losses.append(float(lwf.observe(x, y, t, **extra)))
+        return lwf, losses, recorded_calls, len(calls) - recorded_calls
+
+    cached, cached_losses, recorded, per_batch = run(True)
+    plain, plain_losses, _, plain_per_batch = run(False)
+    heads = 2 if multi_head else 1  # two old tasks: one record per old head
+    chunks = math.ceil(len(cached.stream.experiences[2].train_x) / 1024)
+    assert recorded == heads * chunks
+    assert per_batch == 0
+    assert plain_per_batch == 4 * heads
+    assert cached_losses == pytest.approx(plain_losses, rel=1e-5)
+    for a, b in zip(cached.model.parameters(), plain.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    cached.end_experience(cached.stream.experiences[2])
+    assert cached._recorded == {}
+
+
+def test_the_runner_gives_lwf_the_batch_rows(blobs, monkeypatch):
+    """Through the runner LwF runs its old model once per later experience (the
+    record), never per batch: 80 samples per experience, batches of 16."""
+    sizes = []
+    real = LwF._old_outputs
+
+    def counted(self, x, task_id):
+        sizes.append(len(x))
+        return real(self, x, task_id)
+
+    monkeypatch.setattr(LwF, "_old_outputs", counted)
+    cfg = resolve_config(
+        {
+            "seeds": [0],
+            "model": {"name": "mlp", "hidden": [16]},
+            "strategy": {"name": "lwf"},
+            "train": {"epochs": 2, "batch_size": 16},
+        }
+    )
+    result = run_single(cfg, 0, 0, dataset=blobs)
+    assert len(result.R) == 5
+    assert sizes == [80] * 4

@@ -183,7 +183,10 @@ def _train_on(
         order = torch.randperm(n, generator=generator)
         for batch, start in enumerate(range(0, n, batch_size)):
             index = order[start : start + batch_size]
-            loss = strategy.observe(x[index], y[index], task[index])
+            if strategy.takes_index:
+                loss = strategy.observe(x[index], y[index], task[index], index=index)
+            else:
+                loss = strategy.observe(x[index], y[index], task[index])
             if not math.isfinite(float(loss)):
                 raise TrainingError(
                     f"{where}: the training loss became {float(loss)} at epoch "

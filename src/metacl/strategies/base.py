@@ -1,7 +1,8 @@
 """The strategy interface and the two baselines built on it.
 
 A strategy is a plain class with four methods the runner calls (DESIGN.md):
-``begin_experience``, ``observe(x, y, task)`` for each training batch,
+``begin_experience``, ``observe(x, y, task)`` for each training batch (with
+``index=`` the batch's rows in the experience, for a strategy that asks for them),
 ``end_experience``, and ``predict(x, task)`` for evaluation. There is no callback
 bus: a strategy overrides what it needs, and an unused hook costs nothing.
 
@@ -100,6 +101,10 @@ class Strategy:
     requires_task_ids: ClassVar[bool] = False
     #: whether the runner hands it the whole stream as one experience
     trains_jointly: ClassVar[bool] = False
+    #: whether ``observe`` takes ``index=``, the rows of the batch in the training
+    #: data of the experience given to ``begin_experience`` (for per-sample values
+    #: computed once per experience); the runner passes it, other callers may not
+    takes_index: ClassVar[bool] = False
 
     def __init__(
         self, model: nn.Module, stream: Stream, optimizer: OptimizerSpec

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -487,14 +487,27 @@ class LwF(Strategy):
     task-incremental stream each old task is distilled on its own classes (and its own
     head with a multi-head model), and the terms are summed.
 
+    As in the paper's algorithm, the old model's outputs on the experience's
+    training data are recorded once, when the experience begins, and each batch
+    reads its rows (``index=``, given by the runner): one forward in large batches
+    instead of one per training batch and epoch, and ``samples x classes`` floats
+    kept per old task for the experience. A caller of :meth:`observe` that gives no
+    ``index`` gets the old outputs computed on the batch, the same values up to the
+    rounding of a matrix product of another size.
+
     Args:
         model, stream, optimizer: As :class:`EWC`.
         alpha: Weight of the distillation term (``lambda_o`` of the paper).
         temperature: Softmax temperature ``T`` (the paper uses 2).
 
     References:
-        Li & Hoiem, "Learning without Forgetting", ECCV 2016 / TPAMI 2017.
+        Li & Hoiem, "Learning without Forgetting", ECCV 2016 / TPAMI 2017
+        (Algorithm 1: ``Y_o`` recorded on the new data before training).
     """
+
+    takes_index = True
+    #: samples per forward when the old outputs are recorded
+    record_batch_size: ClassVar[int] = 1024
 
     def __init__(
         self,
@@ -515,41 +528,78 @@ class LwF(Strategy):
         self.old_model: nn.Module | None = None
         # classes seen in past experiences, per task id (one entry, -1, without tasks)
         self.old_classes: dict[int, list[int]] = {}
+        # the old model's outputs on the current experience's training data, per
+        # old task id (-1: the one head); scratch, recomputed at each experience
+        self._recorded: dict[int, Tensor] = {}
 
     @classmethod
     def check_stream(cls, stream: Stream) -> None:
         super().check_stream(stream)
         refuse_regression(cls, stream)
 
-    def _distillation(self, x: Tensor, raw: Tensor) -> Tensor:
+    def _old_outputs(self, x: Tensor, task_id: int) -> Tensor:
+        """The old model's outputs for ``x``, through the head of ``task_id``."""
+        if self.multi_head:
+            t = torch.full((len(x),), task_id, dtype=torch.int64, device=x.device)
+            return self.old_model(x, t)
+        return self.old_model(x)
+
+    def _distillation(
+        self, x: Tensor, raw: Tensor, index: Tensor | None = None
+    ) -> Tensor:
         """Sum over old tasks of the distillation loss on their classes; ``raw`` is
-        the current model's unmasked output for ``x``."""
+        the current model's unmasked output for ``x``, ``index`` its rows in the
+        recorded old outputs (None: compute them here)."""
         total = x.new_zeros(())
-        old_raw = None
+        single = None  # the one head's old outputs, shared by every old task
         for task_id, classes in self.old_classes.items():
+            key = task_id if self.multi_head else -1
+            if index is not None and key in self._recorded:
+                old = self._recorded[key][index]
+            elif single is not None:
+                old = single
+            else:
+                with torch.no_grad():
+                    old = self._old_outputs(x, task_id)
+                if not self.multi_head:
+                    single = old
             if self.multi_head:
                 t = torch.full((len(x),), task_id, dtype=torch.int64, device=x.device)
                 new = self.model(x, t)
-                with torch.no_grad():
-                    old = self.old_model(x, t)
             else:
                 new = raw
-                if old_raw is None:
-                    with torch.no_grad():
-                        old_raw = self.old_model(x)
-                old = old_raw
             columns = _columns(classes)
             total = total + distillation_loss(
                 new[:, columns], old[:, columns], temperature=self.temperature
             )
         return total
 
-    def observe(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
+    def begin_experience(self, experience: Experience) -> None:
+        self._recorded = {}
+        if self.old_model is None or self.alpha == 0:
+            return
+        device = next(self.model.parameters()).device
+        x = experience.train_x
+        keys = list(self.old_classes) if self.multi_head else [-1]
+        with torch.no_grad():
+            for key in keys:
+                self._recorded[key] = torch.cat(
+                    [
+                        self._old_outputs(
+                            x[start : start + self.record_batch_size].to(device), key
+                        )
+                        for start in range(0, len(x), self.record_batch_size)
+                    ]
+                )
+
+    def observe(
+        self, x: Tensor, y: Tensor, task: Tensor, index: Tensor | None = None
+    ) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         raw = raw_outputs(self, x, task)
         loss = self.criterion(apply_mask(self, raw, task), y)
         if self.old_model is not None and self.alpha > 0:
-            loss = loss + self.alpha * self._distillation(x, raw)
+            loss = loss + self.alpha * self._distillation(x, raw, index)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -558,6 +608,7 @@ class LwF(Strategy):
         key = experience.task_id if self.stream.task_ids_at_test else -1
         classes = set(self.old_classes.get(key, [])) | set(experience.classes)
         self.old_classes[key] = sorted(classes)
+        self._recorded = {}
         self._snapshot()
 
     def _snapshot(self, weights: dict[str, Tensor] | None = None) -> None:
