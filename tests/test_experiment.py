@@ -265,7 +265,7 @@ def test_a_run_directory_in_use_is_refused_and_freed_when_its_process_dies(tmp_p
             sys.executable,
             "-c",
             "import sys, time, pathlib\n"
-            "from metacl.experiment import directory_lock\n"
+            "from metacl.locking import directory_lock\n"
             "with directory_lock(pathlib.Path(sys.argv[1])):\n"
             "    print('locked', flush=True)\n"
             "    time.sleep(120)\n",

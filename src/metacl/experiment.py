@@ -50,6 +50,7 @@ from metacl.config import RunConfig, config_hash
 from metacl.data.base import Dataset, load_dataset
 from metacl.data.scenarios import Experience, Stream, build_stream
 from metacl.errors import CheckpointError, ConfigError, ScenarioError, TrainingError
+from metacl.locking import directory_lock
 from metacl.metrics import METRIC_NAMES, derived_metrics, mean_ci
 from metacl.models import MultiHead, build_model
 from metacl.strategies.base import STRATEGIES, OptimizerSpec, Strategy, build_strategy
@@ -615,47 +616,6 @@ def run_experiment(
             stack.enter_context(directory_lock(path))
             _write_config(path, config)
         return _run_experiment(config, path, resume, progress, on_result)
-
-
-LOCK = ".lock"
-
-
-@contextlib.contextmanager
-def directory_lock(path: Path):
-    """Hold an exclusive lock on run directory ``path`` while the block runs.
-
-    A second process given the same directory gets a clear error instead of
-    writing checkpoints and results beside the first. The operating system drops the
-    lock when its process ends, killed or not, so an interrupted run leaves no stale
-    lock behind and can be resumed at once.
-
-    Raises:
-        CheckpointError: Another process holds the lock (its pid is named).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no locking
-        yield
-        return
-    with open(path / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise CheckpointError(
-                f"run directory {str(path)!r} is in use by another metacl process "
-                f"(pid {holder}); wait for it to finish, or give another output "
-                "directory (--out)"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _run_experiment(

@@ -42,6 +42,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from metacl.errors import CheckpointError, ConfigError, TrainingError
+from metacl.locking import directory_lock
 from metacl.meta.algorithms import (
     META_ALGORITHMS,
     MetaAlgorithm,
@@ -400,15 +401,30 @@ def meta_train(
     Raises:
         ConfigError: ``resume`` without ``out_dir``; validation asked for
             (``eval_every > 0``) while the task family has no meta-validation tasks.
-        CheckpointError: ``out_dir`` holds a checkpoint and ``resume`` is False, or the
-            checkpoint is unreadable or belongs to another configuration.
+        CheckpointError: ``out_dir`` holds a checkpoint and ``resume`` is False, the
+            checkpoint is unreadable or belongs to another configuration, or another
+            process is using ``out_dir``.
         TrainingError: The meta-loss or the meta-gradient became NaN or infinite.
     """
-    seeds = _seeds(config.seed)
-    device = torch.device(config.device)
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise ConfigError("resume=True needs out_dir, the folder holding checkpoint.pt")
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(directory_lock(out))
+        return _meta_train(config, out, resume, progress)
+
+
+def _meta_train(
+    config: MetaTrainConfig,
+    out: Path | None,
+    resume: bool,
+    progress: Progress | None,
+) -> MetaTrainResult:
+    """:func:`meta_train` once its folder (if any) is locked."""
+    seeds = _seeds(config.seed)
+    device = torch.device(config.device)
     checkpoint_path = out / CHECKPOINT_NAME if out is not None else None
     if checkpoint_path is not None and checkpoint_path.exists() and not resume:
         raise CheckpointError(
@@ -469,8 +485,6 @@ def meta_train(
         logger.info("resumed from %s at iteration %d", checkpoint_path, start)
     elif resume:
         logger.info("no checkpoint in %s; starting afresh", out)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
 
     def save_checkpoint(iteration: int) -> None:
         if checkpoint_path is None:
