@@ -561,3 +561,40 @@ def test_the_runner_gives_lwf_the_batch_rows(blobs, monkeypatch):
     result = run_single(cfg, 0, 0, dataset=blobs)
     assert len(result.R) == 5
     assert sizes == [80] * 4
+
+
+@pytest.mark.parametrize("name", ["ewc", "online_ewc"])
+def test_no_fisher_after_the_last_experience(blobs, monkeypatch, name):
+    """The last experience's Fisher penalises nothing: it is skipped (one Fisher
+    per experience but the last), the accuracy matrix is the one computed with it,
+    and ``consolidate`` still adds it on demand."""
+    cfg = resolve_config(
+        {
+            "seeds": [0],
+            "model": {"name": "mlp", "hidden": [16]},
+            "strategy": {"name": name, "lambda_": 50.0},
+            "train": {"epochs": 1, "batch_size": 16},
+        }
+    )
+    experiences = []
+    real = regularization._QuadraticPenalty._fisher
+
+    def counted(self, experience, *args):
+        experiences.append(experience.index)
+        return real(self, experience, *args)
+
+    monkeypatch.setattr(regularization._QuadraticPenalty, "_fisher", counted)
+    skipping = run_single(cfg, 0, 0, dataset=blobs)
+    assert experiences == [0, 1, 2, 3]
+    monkeypatch.setattr(regularization, "_is_last", lambda strategy, experience: False)
+    every = run_single(cfg, 0, 0, dataset=blobs)
+    assert experiences[4:] == [0, 1, 2, 3, 4]
+    assert skipping.R == every.R
+
+    stream, strategy = _setup(blobs, name, lambda_=50.0)
+    monkeypatch.undo()
+    for e in stream.experiences:
+        _train(strategy, e, steps=2)
+    before = {n: f.clone() for n, f in strategy.importance.items()}
+    strategy.consolidate(stream.experiences[-1])
+    assert any(not torch.equal(before[n], f) for n, f in strategy.importance.items())
