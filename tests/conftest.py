@@ -4,6 +4,12 @@ everything down many times over."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -27,3 +33,35 @@ def blobs() -> Dataset:
     train_x, train_y = draw(400)
     test_x, test_y = draw(200)
     return Dataset("blobs", train_x, train_y, test_x, test_y, n_classes=10)
+
+
+@pytest.fixture
+def lock_holder():
+    """``lock_holder(directory)``: a context manager, see :func:`_lock_holder`."""
+    return _lock_holder
+
+
+@contextmanager
+def _lock_holder(directory: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding ``directory``'s lock (:mod:`metacl.locking`) until
+    the block ends, when it is killed (-9)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib\n"
+            "from metacl.locking import directory_lock\n"
+            "with directory_lock(pathlib.Path(sys.argv[1])):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(120)\n",
+            str(directory),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

@@ -255,27 +255,14 @@ def test_peak_memory_is_each_runs_own(blobs):
     assert again.timings["peak_rss_mb"] < small.timings["peak_rss_mb"] + 256
 
 
-def test_a_run_directory_in_use_is_refused_and_freed_when_its_process_dies(tmp_path):
+def test_a_run_directory_in_use_is_refused_and_freed_when_its_process_dies(
+    tmp_path, lock_holder
+):
     """A second process given a directory in use gets a clear error and writes
     nothing there; once the holder is killed (-9), the directory is usable at once."""
     directory = tmp_path / "run"
     directory.mkdir()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time, pathlib\n"
-            "from metacl.locking import directory_lock\n"
-            "with directory_lock(pathlib.Path(sys.argv[1])):\n"
-            "    print('locked', flush=True)\n"
-            "    time.sleep(120)\n",
-            str(directory),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_holder(directory) as holder:
         (tmp_path / "cfg.yaml").write_text(
             "seeds: [0]\nstrategy: {name: naive}\nmodel: {name: mlp, hidden: [8]}\n"
         )
@@ -302,9 +289,6 @@ def test_a_run_directory_in_use_is_refused_and_freed_when_its_process_dies(tmp_p
         assert not (directory / "config.yaml").exists()
         with pytest.raises(CheckpointError, match=str(holder.pid)):
             run_experiment(config(), directory=directory)
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     result = run_experiment(config(), directory=directory)
     assert len(result.results[0].R) == 5
     assert (directory / "config.yaml").exists()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -173,30 +171,12 @@ def test_summarise_uses_student_t():
     assert summarise(torch.tensor([5.0]))["ci95"] is None
 
 
-def test_a_folder_in_use_by_another_process_is_refused(tmp_path):
+def test_a_folder_in_use_by_another_process_is_refused(tmp_path, lock_holder):
     """meta-train holds the same lock as ``metacl run``: a second process on the
     folder stops before writing anything, and the folder is free once it ends."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time, pathlib\n"
-            "from metacl.locking import directory_lock\n"
-            "with directory_lock(pathlib.Path(sys.argv[1])):\n"
-            "    print('locked', flush=True)\n"
-            "    time.sleep(120)\n",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_holder(tmp_path) as holder:
         with pytest.raises(CheckpointError, match=f"in use .*pid {holder.pid}"):
             meta_train(_config(iterations=3), out_dir=tmp_path)
         assert not (tmp_path / CHECKPOINT_NAME).exists()
-    finally:
-        holder.kill()
-        holder.wait()
     meta_train(_config(iterations=3), out_dir=tmp_path)
     assert (tmp_path / CHECKPOINT_NAME).is_file()
