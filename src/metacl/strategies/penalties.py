@@ -9,7 +9,8 @@ regulariser replaces one of these functions, not a strategy.
   (theta - anchor)^2`` and its gradient (EWC, online EWC, SI).
 - :func:`fisher_diagonal`: the diagonal of the empirical or true Fisher information.
 - :func:`si_importance`: SI's per-parameter importance from its path integral.
-- :func:`distillation_loss`: LwF's knowledge-distillation term.
+- :func:`distillation_loss`: LwF's knowledge-distillation term (and its two halves,
+  :func:`distillation_targets` and :func:`distillation_from_targets`).
 - :func:`agem_project`: A-GEM's projection of a gradient that would raise the
   memory's loss.
 
@@ -49,6 +50,8 @@ __all__ = [
     "fisher_diagonal",
     "si_importance",
     "distillation_loss",
+    "distillation_targets",
+    "distillation_from_targets",
     "agem_project",
 ]
 
@@ -230,9 +233,25 @@ def distillation_loss(
         old_logits: The old model's outputs for the same classes.
         temperature: ``T`` (Li & Hoiem use 2).
     """
+    return distillation_from_targets(
+        logits,
+        distillation_targets(old_logits, temperature=temperature),
+        temperature=temperature,
+    )
+
+
+def distillation_targets(old_logits: Tensor, *, temperature: float) -> Tensor:
+    """The soft targets of :func:`distillation_loss` as log-probabilities,
+    ``log_softmax(old / T)``: what a strategy can record once per experience."""
+    return F.log_softmax(old_logits / temperature, dim=1)
+
+
+def distillation_from_targets(
+    logits: Tensor, log_targets: Tensor, *, temperature: float
+) -> Tensor:
+    """:func:`distillation_loss` from targets made by :func:`distillation_targets`."""
     log_p = F.log_softmax(logits / temperature, dim=1)
-    log_q = F.log_softmax(old_logits / temperature, dim=1)
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+    return F.kl_div(log_p, log_targets, reduction="batchmean", log_target=True)
 
 
 def agem_project(g: Tensor, g_ref: Tensor) -> Tensor:

@@ -48,7 +48,8 @@ from metacl.strategies._common import (
 )
 from metacl.strategies.base import OptimizerSpec, Strategy, register_strategy
 from metacl.strategies.penalties import (
-    distillation_loss,
+    distillation_from_targets,
+    distillation_targets,
     fisher_diagonal,
     quadratic_penalty,
     si_importance,
@@ -514,12 +515,13 @@ class LwF(Strategy):
     head with a multi-head model), and the terms are summed.
 
     As in the paper's algorithm, the old model's outputs on the experience's
-    training data are recorded once, when the experience begins, and each batch
-    reads its rows (``index=``, given by the runner): one forward in large batches
-    instead of one per training batch and epoch, and ``samples x classes`` floats
-    kept per old task for the experience. A caller of :meth:`observe` that gives no
-    ``index`` gets the old outputs computed on the batch, the same values up to the
-    rounding of a matrix product of another size.
+    training data are recorded once, when the experience begins (as the soft
+    targets' log-probabilities over each old task's classes), and each batch reads
+    its rows (``index=``, given by the runner): one forward in large batches instead
+    of one per training batch and epoch, and ``samples x old classes`` floats kept
+    for the experience. A caller of :meth:`observe` that gives no ``index`` gets the
+    old outputs computed on the batch, the same values up to the rounding of a
+    matrix product of another size.
 
     Args:
         model, stream, optimizer: As :class:`EWC`.
@@ -554,8 +556,9 @@ class LwF(Strategy):
         self.old_model: nn.Module | None = None
         # classes seen in past experiences, per task id (one entry, -1, without tasks)
         self.old_classes: dict[int, list[int]] = {}
-        # the old model's outputs on the current experience's training data, per
-        # old task id (-1: the one head); scratch, recomputed at each experience
+        # the distillation targets (old model's log-probabilities over each old
+        # task's classes) on the current experience's training data, per old task
+        # id (-1 without task ids); scratch, recomputed at each experience
         self._recorded: dict[int, Tensor] = {}
 
     @classmethod
@@ -575,29 +578,30 @@ class LwF(Strategy):
     ) -> Tensor:
         """Sum over old tasks of the distillation loss on their classes; ``raw`` is
         the current model's unmasked output for ``x``, ``index`` its rows in the
-        recorded old outputs (None: compute them here)."""
-        total = x.new_zeros(())
+        recorded targets (None: the old model runs on ``x`` here)."""
+        total = None
         single = None  # the one head's old outputs, shared by every old task
         for task_id, classes in self.old_classes.items():
-            key = task_id if self.multi_head else -1
-            if index is not None and key in self._recorded:
-                old = self._recorded[key][index]
-            elif single is not None:
-                old = single
+            columns = _columns(classes)
+            if index is not None and task_id in self._recorded:
+                targets = self._recorded[task_id][index]
             else:
-                with torch.no_grad():
-                    old = self._old_outputs(x, task_id)
-                if not self.multi_head:
+                if single is None or self.multi_head:
+                    with torch.no_grad():
+                        old = self._old_outputs(x, task_id)
                     single = old
+                targets = distillation_targets(
+                    single[:, columns], temperature=self.temperature
+                )
             if self.multi_head:
                 t = torch.full((len(x),), task_id, dtype=torch.int64, device=x.device)
                 new = self.model(x, t)
             else:
                 new = raw
-            columns = _columns(classes)
-            total = total + distillation_loss(
-                new[:, columns], old[:, columns], temperature=self.temperature
+            term = distillation_from_targets(
+                new[:, columns], targets, temperature=self.temperature
             )
+            total = term if total is None else total + term
         return total
 
     def begin_experience(self, experience: Experience) -> None:
@@ -606,17 +610,20 @@ class LwF(Strategy):
             return
         device = next(self.model.parameters()).device
         x = experience.train_x
-        keys = list(self.old_classes) if self.multi_head else [-1]
+        size = self.record_batch_size
+        pieces: dict[int, list[Tensor]] = {task_id: [] for task_id in self.old_classes}
         with torch.no_grad():
-            for key in keys:
-                self._recorded[key] = torch.cat(
-                    [
-                        self._old_outputs(
-                            x[start : start + self.record_batch_size].to(device), key
+            for start in range(0, len(x), size):
+                xb = x[start : start + size].to(device)
+                shared = None if self.multi_head else self._old_outputs(xb, -1)
+                for task_id, classes in self.old_classes.items():
+                    old = self._old_outputs(xb, task_id) if self.multi_head else shared
+                    pieces[task_id].append(
+                        distillation_targets(
+                            old[:, _columns(classes)], temperature=self.temperature
                         )
-                        for start in range(0, len(x), self.record_batch_size)
-                    ]
-                )
+                    )
+        self._recorded = {task_id: torch.cat(p) for task_id, p in pieces.items()}
 
     def observe(
         self, x: Tensor, y: Tensor, task: Tensor, index: Tensor | None = None
@@ -625,7 +632,10 @@ class LwF(Strategy):
         raw = raw_outputs(self, x, task)
         loss = self.criterion(apply_mask(self, raw, task), y)
         if self.old_model is not None and self.alpha > 0:
-            loss = loss + self.alpha * self._distillation(x, raw, index)
+            distilled = self._distillation(x, raw, index)
+            if self.alpha != 1.0:
+                distilled = self.alpha * distilled
+            loss = loss + distilled
         loss.backward()
         self.optimizer.step()
         return loss.detach()
