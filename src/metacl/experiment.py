@@ -27,7 +27,6 @@ Layout of a run directory::
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -610,10 +609,8 @@ def run_experiment(
         5
     """
     path = Path(directory) if directory is not None else None
-    with contextlib.ExitStack() as stack:
+    with directory_lock(path):
         if path is not None:
-            path.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(directory_lock(path))
             _write_config(path, config)
         return _run_experiment(config, path, resume, progress, on_result)
 

@@ -20,8 +20,9 @@ LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def directory_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on run directory ``path`` while the block runs.
+def directory_lock(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on run directory ``path`` (created if missing) while
+    the block runs; ``None`` (a run that writes nothing) locks nothing.
 
     A second process given the same directory gets a clear error instead of
     writing checkpoints and results beside the first. The operating system drops the
@@ -31,6 +32,10 @@ def directory_lock(path: Path) -> Iterator[None]:
     Raises:
         CheckpointError: Another process holds the lock (its pid is named).
     """
+    if path is None:
+        yield
+        return
+    path.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no locking

@@ -409,10 +409,7 @@ def meta_train(
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise ConfigError("resume=True needs out_dir, the folder holding checkpoint.pt")
-    with contextlib.ExitStack() as stack:
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(directory_lock(out))
+    with directory_lock(out):
         return _meta_train(config, out, resume, progress)
 
 

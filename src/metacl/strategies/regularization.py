@@ -193,10 +193,45 @@ def _check_fisher_settings(
         raise ConfigError(f"fisher_batch_size = {fisher_batch_size} must be >= 1")
 
 
+class _FisherPenalty(_QuadraticPenalty):
+    """A quadratic penalty weighted by the Fisher: EWC and online EWC. Subclasses
+    define :meth:`consolidate`, called at the end of every experience but the last
+    (Note [no penalty after the last experience])."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        stream: Stream,
+        optimizer: OptimizerSpec,
+        lambda_: float,
+        fisher: str,
+        fisher_samples: int | None,
+        fisher_batch_size: int,
+    ) -> None:
+        _check_fisher_settings(lambda_, fisher, fisher_samples, fisher_batch_size)
+        super().__init__(model, stream, optimizer)
+        self.scale = lambda_ / 2
+        self.fisher_kind = fisher
+        self.fisher_samples = fisher_samples
+        self.fisher_batch_size = fisher_batch_size
+
+    def end_experience(self, experience: Experience) -> None:
+        if not _is_last(self, experience):
+            self.consolidate(experience)
+
+    def consolidate(self, experience: Experience) -> None:
+        raise NotImplementedError
+
+    def _experience_fisher(self, experience: Experience) -> dict[str, Tensor]:
+        return self._fisher(
+            experience, self.fisher_kind, self.fisher_samples, self.fisher_batch_size
+        )
+
+
 @register_strategy(
     "ewc", summary="elastic weight consolidation (Kirkpatrick et al. 2017)"
 )
-class EWC(_QuadraticPenalty):
+class EWC(_FisherPenalty):
     """Elastic weight consolidation.
 
     After each experience ``e`` the strategy stores the diagonal Fisher ``F_e`` and the
@@ -240,23 +275,14 @@ class EWC(_QuadraticPenalty):
         fisher_samples: int | None = None,
         fisher_batch_size: int = 1,
     ) -> None:
-        _check_fisher_settings(lambda_, fisher, fisher_samples, fisher_batch_size)
-        super().__init__(model, stream, optimizer)
-        self.scale = lambda_ / 2
-        self.fisher_kind = fisher
-        self.fisher_samples = fisher_samples
-        self.fisher_batch_size = fisher_batch_size
-
-    def end_experience(self, experience: Experience) -> None:
-        if not _is_last(self, experience):
-            self.consolidate(experience)
+        super().__init__(
+            model, stream, optimizer, lambda_, fisher, fisher_samples, fisher_batch_size
+        )
 
     @torch.no_grad()
     def consolidate(self, experience: Experience) -> None:
         """Add ``experience``'s penalty: its Fisher at the current parameters."""
-        fisher = self._fisher(
-            experience, self.fisher_kind, self.fisher_samples, self.fisher_batch_size
-        )
+        fisher = self._experience_fisher(experience)
         params = trainable(self)
         if not self.importance:
             self.importance = fisher
@@ -282,7 +308,7 @@ class EWC(_QuadraticPenalty):
     "online_ewc",
     summary="online EWC: one decayed Fisher and anchor (Schwarz et al. 2018)",
 )
-class OnlineEWC(_QuadraticPenalty):
+class OnlineEWC(_FisherPenalty):
     """Online EWC (the consolidation step of Progress & Compress).
 
     A single running Fisher ``F <- gamma * F + F_e`` and a single anchor (the
@@ -313,27 +339,18 @@ class OnlineEWC(_QuadraticPenalty):
         fisher_samples: int | None = None,
         fisher_batch_size: int = 1,
     ) -> None:
-        _check_fisher_settings(lambda_, fisher, fisher_samples, fisher_batch_size)
         if not 0.0 <= gamma <= 1.0:
             raise ConfigError(f"gamma = {gamma} must be in [0, 1]")
-        super().__init__(model, stream, optimizer)
-        self.scale = lambda_ / 2
+        super().__init__(
+            model, stream, optimizer, lambda_, fisher, fisher_samples, fisher_batch_size
+        )
         self.gamma = gamma
-        self.fisher_kind = fisher
-        self.fisher_samples = fisher_samples
-        self.fisher_batch_size = fisher_batch_size
-
-    def end_experience(self, experience: Experience) -> None:
-        if not _is_last(self, experience):
-            self.consolidate(experience)
 
     @torch.no_grad()
     def consolidate(self, experience: Experience) -> None:
         """Fold ``experience``'s Fisher into the running one and move the anchor to
         the current parameters."""
-        fisher = self._fisher(
-            experience, self.fisher_kind, self.fisher_samples, self.fisher_batch_size
-        )
+        fisher = self._experience_fisher(experience)
         if self.importance:
             fisher = {n: self.gamma * self.importance[n] + f for n, f in fisher.items()}
         self.importance = fisher
@@ -573,33 +590,42 @@ class LwF(Strategy):
             return self.old_model(x, t)
         return self.old_model(x)
 
+    @torch.no_grad()
+    def _targets(self, x: Tensor) -> dict[int, Tensor]:
+        """The distillation targets of ``x`` for every old task, by task id (one old
+        forward shared by all of them with a single head)."""
+        shared = None if self.multi_head else self._old_outputs(x, -1)
+        return {
+            task_id: distillation_targets(
+                (self._old_outputs(x, task_id) if self.multi_head else shared)[
+                    :, _columns(classes)
+                ],
+                temperature=self.temperature,
+            )
+            for task_id, classes in self.old_classes.items()
+        }
+
     def _distillation(
         self, x: Tensor, raw: Tensor, index: Tensor | None = None
     ) -> Tensor:
         """Sum over old tasks of the distillation loss on their classes; ``raw`` is
         the current model's unmasked output for ``x``, ``index`` its rows in the
         recorded targets (None: the old model runs on ``x`` here)."""
+        if index is not None and self._recorded:
+            targets = {k: t[index] for k, t in self._recorded.items()}
+        else:
+            targets = self._targets(x)
         total = None
-        single = None  # the one head's old outputs, shared by every old task
         for task_id, classes in self.old_classes.items():
-            columns = _columns(classes)
-            if index is not None and task_id in self._recorded:
-                targets = self._recorded[task_id][index]
-            else:
-                if single is None or self.multi_head:
-                    with torch.no_grad():
-                        old = self._old_outputs(x, task_id)
-                    single = old
-                targets = distillation_targets(
-                    single[:, columns], temperature=self.temperature
-                )
             if self.multi_head:
                 t = torch.full((len(x),), task_id, dtype=torch.int64, device=x.device)
                 new = self.model(x, t)
             else:
                 new = raw
             term = distillation_from_targets(
-                new[:, columns], targets, temperature=self.temperature
+                new[:, _columns(classes)],
+                targets[task_id],
+                temperature=self.temperature,
             )
             total = term if total is None else total + term
         return total
@@ -609,21 +635,15 @@ class LwF(Strategy):
         if self.old_model is None or self.alpha == 0:
             return
         device = next(self.model.parameters()).device
-        x = experience.train_x
-        size = self.record_batch_size
-        pieces: dict[int, list[Tensor]] = {task_id: [] for task_id in self.old_classes}
-        with torch.no_grad():
-            for start in range(0, len(x), size):
-                xb = x[start : start + size].to(device)
-                shared = None if self.multi_head else self._old_outputs(xb, -1)
-                for task_id, classes in self.old_classes.items():
-                    old = self._old_outputs(xb, task_id) if self.multi_head else shared
-                    pieces[task_id].append(
-                        distillation_targets(
-                            old[:, _columns(classes)], temperature=self.temperature
-                        )
-                    )
-        self._recorded = {task_id: torch.cat(p) for task_id, p in pieces.items()}
+        x, size = experience.train_x, self.record_batch_size
+        chunks = [
+            self._targets(x[start : start + size].to(device))
+            for start in range(0, len(x), size)
+        ]
+        self._recorded = {
+            task_id: torch.cat([chunk[task_id] for chunk in chunks])
+            for task_id in self.old_classes
+        }
 
     def observe(
         self, x: Tensor, y: Tensor, task: Tensor, index: Tensor | None = None
@@ -632,10 +652,7 @@ class LwF(Strategy):
         raw = raw_outputs(self, x, task)
         loss = self.criterion(apply_mask(self, raw, task), y)
         if self.old_model is not None and self.alpha > 0:
-            distilled = self._distillation(x, raw, index)
-            if self.alpha != 1.0:
-                distilled = self.alpha * distilled
-            loss = loss + distilled
+            loss = loss + self.alpha * self._distillation(x, raw, index)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
