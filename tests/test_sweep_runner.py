@@ -3,6 +3,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -291,3 +292,24 @@ def test_reusing_runs_of_other_code_is_said(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="metacl"):
         run_sweep(spec, runner=LocalRunner(1))
     assert "code version" in caplog.text  # still said: the record is unchanged
+
+
+def test_a_run_folder_held_by_another_process_is_waited_for(tmp_path, lock_holder):
+    """Sweep workers take the run folder's lock (the one ``metacl run`` takes) and
+    wait for it: nothing is written into a folder another process holds, and the run
+    goes ahead as soon as that process dies."""
+    spec = sweep_from_dict(sweep_data(tmp_path / "out", seeds=(0,)))
+    held = expand(spec, spec.grid())[0].directory
+    reports = []
+    with lock_holder(held):
+        sweep = threading.Thread(
+            target=lambda: reports.append(run_sweep(spec, runner=LocalRunner(1)))
+        )
+        sweep.start()
+        time.sleep(3)
+        assert sweep.is_alive()
+        assert not (held / RESULT).exists() and not (held / CHECKPOINT).exists()
+    sweep.join(timeout=120)
+    assert not sweep.is_alive()
+    assert reports[0].ok and reports[0].finished == 2
+    assert (held / RESULT).is_file()

@@ -2,7 +2,9 @@
 
 ``metacl run`` and ``metacl meta-train`` hold it on their output directory while
 they run; a second process given the same directory stops with a clear error instead
-of writing checkpoints and results beside the first.
+of writing checkpoints and results beside the first. A sweep's worker holds it on
+each run's folder and waits for it instead, so that two sweeps sharing run folders
+take turns: the second finds the run finished and skips it.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def directory_lock(path: Path | None) -> Iterator[None]:
+def directory_lock(path: Path | None, *, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on run directory ``path`` (created if missing) while
     the block runs; ``None`` (a run that writes nothing) locks nothing.
 
     A second process given the same directory gets a clear error instead of
-    writing checkpoints and results beside the first. The operating system drops the
-    lock when its process ends, killed or not, so an interrupted run leaves no stale
-    lock behind and can be resumed at once.
+    writing checkpoints and results beside the first, or, with ``wait``, blocks
+    until the first is done. The holder's pid is written into the lock file for that
+    error. The operating system drops the lock when its process ends, killed or not,
+    so an interrupted run leaves no stale lock behind and can be resumed at once.
 
     Raises:
-        CheckpointError: Another process holds the lock (its pid is named).
+        CheckpointError: Another process holds the lock (its pid is named), and
+            ``wait`` is false.
     """
     if path is None:
         yield
@@ -43,7 +47,7 @@ def directory_lock(path: Path | None) -> Iterator[None]:
         return
     with open(path / LOCK, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"

@@ -53,6 +53,7 @@ from typing import Any, Protocol
 from metacl.config import RunConfig
 from metacl.errors import ConfigError, MetaclError
 from metacl.experiment import Progress
+from metacl.locking import directory_lock
 from metacl.sweep.search import SearchChoice, choose_configurations
 from metacl.sweep.spec import PlannedRun, SweepSpec, expand
 from metacl.sweep.store import ResultStore, RunRecord, code_version, record_from_result
@@ -139,22 +140,6 @@ def _dataset(settings: dict[str, Any]) -> Any:
     return _DATASETS[key]
 
 
-@contextlib.contextmanager
-def _run_lock(directory: Path):
-    """Hold an exclusive lock on a run folder; the OS drops it if the process dies."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no cross-sweep locking
-        yield
-        return
-    with open(directory / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def execute_run(task: RunTask) -> RunOutcome:
     """Run (or resume, or skip as finished) one run in this process.
 
@@ -192,7 +177,7 @@ def execute_run(task: RunTask) -> RunOutcome:
     if level in (logging.NOTSET, logging.WARNING):
         package_logger.setLevel(logging.INFO)
     try:
-        with _run_lock(directory):
+        with directory_lock(directory, wait=True):
             logger.info("run %s starts in %s", task.run_id, worker)
             result = run_single(
                 task.config,
