@@ -55,6 +55,23 @@ def test_bad_values_are_refused():
         resolve_config({"strategies": ["naive", "naive"]})
 
 
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), -float("inf"), 10**400],
+    ids=["nan", "inf", "-inf", "1e400"],
+)
+def test_float_settings_must_be_finite(value):
+    # NaN slips through every range check (nan < 0 is false) and would only show up
+    # as a NaN loss in the middle of a run
+    with pytest.raises(
+        ConfigError, match=r"strategies\[0\]\.strength = .* expected finite float"
+    ):
+        resolve_config({"strategy": {"name": "si", "strength": value}})
+    with pytest.raises(ConfigError, match="optimizer.lr = .* expected finite float"):
+        resolve_config({"optimizer": {"lr": value}})
+    assert resolve_config({"optimizer": {"lr": 1}}).optimizer["lr"] == 1.0
+
+
 def test_overrides_parse_values_and_index_lists():
     data = {
         "strategies": [{"name": "naive"}, {"name": "joint"}],

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metacl.config import resolve_config
-from metacl.errors import CheckpointError, ScenarioError, TrainingError
+from metacl.errors import CheckpointError, ConfigError, ScenarioError, TrainingError
 from metacl.experiment import load_results, run_experiment, run_single
 
 
@@ -292,3 +292,30 @@ def test_a_run_directory_in_use_is_refused_and_freed_when_its_process_dies(
     result = run_experiment(config(), directory=directory)
     assert len(result.results[0].R) == 5
     assert (directory / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        ({"name": "derpp", "alpha": -2.0}, ConfigError, "alpha = -2.0"),
+        ("pnn", ScenarioError, "gives no task id at test time"),
+    ],
+)
+def test_every_strategy_is_checked_before_anything_trains(
+    tmp_path, bad, error, message
+):
+    """A value only a strategy's constructor refuses, or a strategy that does not fit
+    the scenario, stops the experiment before the strategies listed before it train,
+    and the error names the strategy."""
+    cfg = resolve_config(
+        {
+            "seeds": [0],
+            "strategies": ["naive", bad],
+            "model": {"name": "mlp", "hidden": [8]},
+            "train": {"epochs": 1},
+        }
+    )
+    label = cfg.strategies[1]["label"]
+    with pytest.raises(error, match=rf"strategies\[1\] \({label}\): .*{message}"):
+        run_experiment(cfg, directory=tmp_path / "run")
+    assert not (tmp_path / "run" / "naive").exists()

@@ -48,7 +48,13 @@ from torch import Tensor
 from metacl.config import RunConfig, config_hash
 from metacl.data.base import Dataset, load_dataset
 from metacl.data.scenarios import Experience, Stream, build_stream
-from metacl.errors import CheckpointError, ConfigError, ScenarioError, TrainingError
+from metacl.errors import (
+    CheckpointError,
+    ConfigError,
+    MetaclError,
+    ScenarioError,
+    TrainingError,
+)
 from metacl.locking import directory_lock
 from metacl.metrics import METRIC_NAMES, derived_metrics, mean_ci
 from metacl.models import MultiHead, build_model
@@ -132,6 +138,13 @@ def build_parts(
     """Build the stream, model and strategy of one run, seeded."""
     scenario = dict(config.scenario)
     stream = build_stream(scenario.pop("name"), dataset, seed=seed, **scenario)
+    return stream, _build_strategy(config, strategy_index, seed, stream)
+
+
+def _build_strategy(
+    config: RunConfig, strategy_index: int, seed: int, stream: Stream
+) -> Strategy:
+    """The seeded model and strategy ``strategy_index`` of ``config`` on ``stream``."""
     entry = dict(config.strategies[strategy_index])
     name = entry.pop("name")
     entry.pop("label", None)
@@ -154,10 +167,29 @@ def build_parts(
             )
         model = MultiHead(model, stream.n_tasks)
     model = model.to(config.train["device"])
-    strategy = build_strategy(
+    return build_strategy(
         name, model, stream, OptimizerSpec(**config.optimizer), **entry
     )
-    return stream, strategy
+
+
+def check_strategies(config: RunConfig, dataset: Dataset) -> None:
+    """Build every strategy of ``config`` once, on the first seed's stream, so that a
+    value one of them refuses (a setting out of range, a scenario it does not fit)
+    stops the experiment before anything trains, with the strategy named.
+
+    Raises:
+        MetaclError: Of the type the strategy raised, its message prefixed with
+            ``strategies[i] (label)``.
+    """
+    scenario = dict(config.scenario)
+    seed = config.seeds[0]
+    stream = build_stream(scenario.pop("name"), dataset, seed=seed, **scenario)
+    for index, entry in enumerate(config.strategies):
+        try:
+            _build_strategy(config, index, seed, stream)
+        except MetaclError as error:
+            where = f"strategies[{index}] ({entry['label']})"
+            raise type(error)(f"{where}: {error}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -635,6 +667,7 @@ def _run_experiment(
         settings = dict(config.dataset)
         dataset = load_dataset(settings.pop("name"), **settings)
         logger.info("dataset %s", dataset.summary())
+        check_strategies(config, dataset)
         results = []
         store = _open_store(config, path)
         for index, strategy in enumerate(config.strategies):

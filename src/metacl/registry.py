@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -183,6 +184,8 @@ def type_name(annotation: Any) -> str:
         return "null"
     if annotation is Any:
         return "any"
+    if annotation is float:
+        return "finite float"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -231,7 +234,13 @@ def _fits(value: Any, annotation: Any) -> tuple[bool, Any]:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, value
-        return True, float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            return False, value
+        # NOTE: NaN passes every comparison a range check makes (nan < 0 is false),
+        # and an infinite rate or weight only shows up as a NaN loss mid-run
+        return math.isfinite(number), number
     if annotation is int:
         return (isinstance(value, int) and not isinstance(value, bool)), value
     if annotation is dict or origin is dict:
