@@ -49,6 +49,15 @@ def functional_logits(strategy: Strategy) -> LogitsFn:
     return logits_fn
 
 
+def on_model_device(
+    strategy: Strategy, tensors: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """``tensors`` moved to the device of the strategy's model (a checkpoint is read
+    onto the CPU; the state it restores must live beside the parameters)."""
+    device = next(strategy.model.parameters()).device
+    return {name: t.to(device) for name, t in tensors.items()}
+
+
 def trainable(strategy: Strategy) -> dict[str, Tensor]:
     """The model's parameters that require gradients, by name."""
     return {n: p for n, p in strategy.model.named_parameters() if p.requires_grad}

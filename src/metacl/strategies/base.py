@@ -123,8 +123,10 @@ class Strategy:
         self.multi_head = isinstance(model, MultiHead)
         self.regression = stream.kind == "regression"
         # outputs are masked to the task's classes only in classification
+        # NOTE: on the model's device, where the task ids that index it are
+        device = next(model.parameters()).device
         self.class_mask = (
-            stream.class_mask()
+            stream.class_mask().to(device)
             if stream.task_ids_at_test and not self.regression
             else None
         )

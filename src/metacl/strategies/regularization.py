@@ -42,6 +42,7 @@ from metacl.errors import ConfigError
 from metacl.strategies._common import (
     apply_mask,
     functional_logits,
+    on_model_device,
     raw_outputs,
     refuse_regression,
     trainable,
@@ -79,7 +80,8 @@ class _QuadraticPenalty(Strategy):
         self.scale = 0.0
         self.importance: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
-        self.offset = torch.zeros(())
+        # NOTE: on the parameters' device, as the penalty terms it is summed with
+        self.offset = torch.zeros((), device=next(model.parameters()).device)
         self._scratch: dict[str, tuple[Tensor, Tensor]] = {}
 
     @classmethod
@@ -90,7 +92,7 @@ class _QuadraticPenalty(Strategy):
     def penalty(self) -> Tensor:
         """The current penalty value (with autograd, for inspection and tests)."""
         if not self.importance:
-            return torch.zeros(())
+            return torch.zeros((), device=self.offset.device)
         params = trainable(self)
         value = quadratic_penalty(params, self.anchor, self.importance) + self.offset
         return self.scale * value
@@ -167,9 +169,9 @@ class _QuadraticPenalty(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.importance = dict(state["importance"])
-        self.anchor = dict(state["anchor"])
-        self.offset = state["offset"]
+        self.importance = on_model_device(self, state["importance"])
+        self.anchor = on_model_device(self, state["anchor"])
+        self.offset = state["offset"].to(self.offset.device)
 
 
 def _is_last(strategy: Strategy, experience: Experience) -> bool:
@@ -507,9 +509,9 @@ class SI(_QuadraticPenalty):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.start = dict(state["si_start"])
-        self.path = dict(state["si_path"])
-        self.omega = dict(state["si_omega"])
+        self.start = on_model_device(self, state["si_start"])
+        self.path = on_model_device(self, state["si_path"])
+        self.omega = on_model_device(self, state["si_omega"])
 
 
 def _columns(classes: list[int]) -> slice | list[int]:
