@@ -542,6 +542,11 @@ class LwF(Strategy):
     old outputs computed on the batch, the same values up to the rounding of a
     matrix product of another size.
 
+    Left out: the paper's warm-up, which first trains the new task's own parameters
+    (its classifier) with the shared ones frozen, and only then all of them. A single
+    head has no parameters of the new task apart from the shared ones, and
+    Avalanche's LwF, the comparison's reference, has no warm-up either.
+
     Args:
         model, stream, optimizer: As :class:`EWC`.
         alpha: Weight of the distillation term (``lambda_o`` of the paper).
