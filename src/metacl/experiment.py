@@ -136,9 +136,13 @@ def build_parts(
     config: RunConfig, strategy_index: int, seed: int, dataset: Dataset
 ) -> tuple[Stream, Strategy]:
     """Build the stream, model and strategy of one run, seeded."""
-    scenario = dict(config.scenario)
-    stream = build_stream(scenario.pop("name"), dataset, seed=seed, **scenario)
+    stream = _build_stream(config, dataset, seed)
     return stream, _build_strategy(config, strategy_index, seed, stream)
+
+
+def _build_stream(config: RunConfig, dataset: Dataset, seed: int) -> Stream:
+    scenario = dict(config.scenario)
+    return build_stream(scenario.pop("name"), dataset, seed=seed, **scenario)
 
 
 def _build_strategy(
@@ -181,9 +185,8 @@ def check_strategies(config: RunConfig, dataset: Dataset) -> None:
         MetaclError: Of the type the strategy raised, its message prefixed with
             ``strategies[i] (label)``.
     """
-    scenario = dict(config.scenario)
     seed = config.seeds[0]
-    stream = build_stream(scenario.pop("name"), dataset, seed=seed, **scenario)
+    stream = _build_stream(config, dataset, seed)
     for index, entry in enumerate(config.strategies):
         try:
             _build_strategy(config, index, seed, stream)

@@ -514,6 +514,12 @@ class SI(_QuadraticPenalty):
         self.omega = on_model_device(self, state["si_omega"])
 
 
+def _task_column(x: Tensor, task_id: int) -> Tensor:
+    """``task_id`` for every row of ``x``, on its device (a multi-head model's
+    ``task`` argument)."""
+    return torch.full((len(x),), task_id, dtype=torch.int64, device=x.device)
+
+
 def _columns(classes: list[int]) -> slice | list[int]:
     """Index of the output columns of ``classes`` (sorted): a slice, a view without
     a copy, when they are consecutive, as they are in every built-in scenario."""
@@ -593,8 +599,7 @@ class LwF(Strategy):
     def _old_outputs(self, x: Tensor, task_id: int) -> Tensor:
         """The old model's outputs for ``x``, through the head of ``task_id``."""
         if self.multi_head:
-            t = torch.full((len(x),), task_id, dtype=torch.int64, device=x.device)
-            return self.old_model(x, t)
+            return self.old_model(x, _task_column(x, task_id))
         return self.old_model(x)
 
     @torch.no_grad()
@@ -625,8 +630,7 @@ class LwF(Strategy):
         total = None
         for task_id, classes in self.old_classes.items():
             if self.multi_head:
-                t = torch.full((len(x),), task_id, dtype=torch.int64, device=x.device)
-                new = self.model(x, t)
+                new = self.model(x, _task_column(x, task_id))
             else:
                 new = raw
             term = distillation_from_targets(
